@@ -1,0 +1,1 @@
+"""Datasets: procedural scenes, task items, real-dataset loaders and on-disk splits."""
