@@ -1,0 +1,52 @@
+"""Make a model's "base" checkpoint: a tiny real-architecture model (built + warm-started) or a pretrained
+reference. Writes ``--ref`` (JSON with the path later stages load). Called by rule build_model."""
+
+import shutil
+from pathlib import Path
+
+from grpo_vqa import cli
+from grpo_vqa.config import check_model_path
+from grpo_vqa.io import atomic_write_json
+from grpo_vqa.provenance import write_sidecar
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--name", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--ref", required=True, help="output JSON naming the base model path")
+    p.add_argument("--model-dir", required=True, help="where a tiny model is saved")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder for the warm start (kept across retries)")
+    args = p.parse_args()
+    cfg = cli.load_cfg(args)
+    if cfg["source"] == "pretrained":
+        check_model_path(f"models.{args.name}.path", cfg["path"])
+        path = cfg["path"]
+    else:
+        from grpo_vqa.data.pretrain import tokenizer_corpus
+        from grpo_vqa.models.tiny import build_tiny_model
+        from grpo_vqa.training.common import setup_runtime
+        from grpo_vqa.training.pretrain import warm_start
+
+        setup_runtime(args.seed, args.threads)
+        init_dir = Path(args.ckpt) / "init"
+        if not (init_dir / "config.json").exists():
+            if init_dir.exists():
+                shutil.rmtree(init_dir)
+            corpus = tokenizer_corpus(args.seed, cfg.get("system_prompt"))
+            build_tiny_model(cfg["arch"], cfg.get("tiny", {}), corpus, init_dir, args.seed)
+        pre = cfg.get("pretrain") or {"steps": 0}
+        if int(pre.get("steps", 0)) > 0:
+            warm_start(init_dir, args.model_dir, Path(args.ckpt) / "warm_start", pre, args.seed,
+                       cfg.get("tiny", {}).get("image_size", 112))
+        else:
+            if Path(args.model_dir).exists():
+                shutil.rmtree(args.model_dir)
+            shutil.copytree(init_dir, args.model_dir)
+        path = args.model_dir
+    atomic_write_json(args.ref, {"name": args.name, "path": path, "source": cfg["source"], "arch": cfg["arch"]})
+    write_sidecar(args.ref, {"model": cfg, "seed": args.seed})
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,29 @@
+"""GRPO with LoRA from a (merged) model; rewards by name; resumes from --ckpt. Called by rule grpo."""
+
+from grpo_vqa import cli
+from grpo_vqa.data.build import load_split
+from grpo_vqa.models.refs import resolve_model
+from grpo_vqa.provenance import write_sidecar
+from grpo_vqa.training.common import setup_runtime
+from grpo_vqa.training.grpo import grpo_rows, run_grpo
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--model", required=True, help="model ref JSON or model directory")
+    p.add_argument("--data", required=True, help="dataset directory (make_dataset output)")
+    p.add_argument("--out", required=True, help="final adapter directory")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (kept across retries)")
+    p.add_argument("--log-dir", default=None, help="TensorBoard folder")
+    args = p.parse_args()
+    cfg = cli.load_cfg(args)
+    setup_runtime(cfg["seed"], args.threads)
+    rows = grpo_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
+    result = run_grpo(resolve_model(args.model), rows, args.out, args.ckpt, cfg["grpo"], cfg["seed"],
+                      log_dir=args.log_dir, dtype=cfg.get("dtype", "float32"))
+    write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
+    print(f"[grpo] done: {len(result['history'])} steps logged, resumed from {result['resumed_from']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

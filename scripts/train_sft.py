@@ -1,0 +1,29 @@
+"""SFT with LoRA on <think>/<answer> targets; resumes from --ckpt. Called by rule sft."""
+
+from grpo_vqa import cli
+from grpo_vqa.data.build import load_split
+from grpo_vqa.models.refs import resolve_model
+from grpo_vqa.provenance import write_sidecar
+from grpo_vqa.training.common import setup_runtime
+from grpo_vqa.training.sft import run_sft, sft_rows
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--model", required=True, help="model ref JSON or model directory")
+    p.add_argument("--data", required=True, help="dataset directory (make_dataset output)")
+    p.add_argument("--out", required=True, help="final adapter directory")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (kept across retries)")
+    p.add_argument("--log-dir", default=None, help="TensorBoard folder")
+    args = p.parse_args()
+    cfg = cli.load_cfg(args)
+    setup_runtime(cfg["seed"], args.threads)
+    rows = sft_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
+    result = run_sft(resolve_model(args.model), rows, args.out, args.ckpt, cfg["sft"], cfg["seed"],
+                     use_lora=True, log_dir=args.log_dir, dtype=cfg.get("dtype", "float32"))
+    write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
+    print(f"[sft] done: {len(result['history'])} log entries, resumed from {result['resumed_from']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

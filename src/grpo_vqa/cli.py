@@ -1,0 +1,37 @@
+"""Shared command-line plumbing for the thin scripts in ``scripts/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from .config import ConfigError
+from .data.images import DataError
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config-json", required=True, help="this step's config section, as JSON")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for this job")
+    return p
+
+
+def load_cfg(args: argparse.Namespace) -> dict:
+    try:
+        return json.loads(args.config_json)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config-json is not valid JSON ({exc})") from None
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run ``main``; bad input ends the job with one line naming the file, row or key (exit code 2)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        main()
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

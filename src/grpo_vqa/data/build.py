@@ -1,0 +1,142 @@
+"""Build a task dataset: generate (or load) items per split, write images, save with ``datasets``.
+
+Layout of ``out_dir`` (one dataset)::
+
+    images/<split>/<id>.png     rendered images (synthetic sources)
+    <split>/                    datasets.Dataset.save_to_disk, one per split
+    manifest.json               counts, seeds, columns and data-quality counts per split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..io import atomic_write_json
+from .images import DataError
+from .scenes import Scene, render
+
+SPLITS = ("train", "val", "test")
+
+
+def split_seed(seed: int, dataset: str, split: str) -> int:
+    """A stable per-split seed derived from the global seed (independent of dict order or Python hash)."""
+    digest = hashlib.sha256(f"{seed}/{dataset}/{split}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def _relation_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
+    from .relations import make_relation_items
+
+    bias = cfg.get("bias", 0.5) if split != "test" else 0.5
+    return make_relation_items(
+        n,
+        seed,
+        relations=list(cfg["relations"]),
+        bias=bias,
+        size=cfg.get("image_size", 112),
+        prompt_style=cfg.get("prompt_style", "vsr"),
+        id_prefix=f"{name}-{split}",
+        radius=tuple(cfg.get("radius", (9, 16))),
+    )
+
+
+def _task_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
+    from . import tasks
+
+    return tasks.GENERATORS[cfg["kind"]](cfg, split, n, seed, name)
+
+
+def generator_for(kind: str) -> Callable[[dict, str, int, int, str], list[dict]]:
+    if kind == "relation":
+        return _relation_items
+    from . import tasks
+
+    if kind not in tasks.GENERATORS:
+        known = ", ".join(["relation", *tasks.GENERATORS])
+        raise ValueError(f"datasets.*.kind: unknown kind {kind!r}; known: {known}")
+    return _task_items
+
+
+def _finalise_synthetic(
+    items: list[dict], cfg: dict, image_dir: Path, split_seed_: int, split: str
+) -> list[dict]:
+    """Render each item's scene to ``image_dir`` and turn the scene objects into box columns."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    size = cfg.get("image_size", 112)
+    style = cfg.get("style", "flat")
+    rng = random.Random(split_seed_ ^ 0x5EED)
+    out = []
+    for item in tqdm(items, desc=f"render {split}", mininterval=5, disable=None):
+        objects = item.pop("_objects")
+        path = image_dir / f"{item['id']}.png"
+        if "_image" in item:
+            img = item.pop("_image")
+        else:
+            img = render(Scene(size, size, style, objects, noise_seed=rng.getrandbits(32)))
+        img.save(path)
+        item["image_path"] = str(path)
+        item.setdefault("boxes", [list(map(float, o.box)) for o in objects])
+        item.setdefault("box_labels", [o.name for o in objects])
+        out.append(item)
+    return out
+
+
+def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
+    """Generate or load every split of dataset ``name`` into ``out_dir``; returns the manifest."""
+    import datasets
+
+    out_dir = Path(out_dir)
+    source = cfg.get("source", "synthetic")
+    manifest: dict = {"name": name, "source": source, "kind": cfg.get("kind"), "splits": {}}
+    for split, n in cfg["splits"].items():
+        if split not in SPLITS:
+            raise ValueError(f"datasets.{name}.splits: unknown split {split!r}; known: {', '.join(SPLITS)}")
+        s_seed = split_seed(seed, name, split)
+        image_dir = out_dir / "images" / split
+        if source == "synthetic":
+            items = generator_for(cfg["kind"])(cfg, split, int(n), s_seed, name)
+            items = _finalise_synthetic(items, cfg, image_dir, s_seed, split)
+            quality = {"rows_in": len(items), "rows_kept": len(items), "skipped": {}}
+        elif source in ("hub", "local"):
+            from .real import load_items
+
+            real_cfg = dict(cfg["real"]) | {"source": source, "limit": n}
+            items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed)
+            quality = {"rows_in": len(items), "rows_kept": len(items), "skipped": {}}
+        else:
+            raise ValueError(
+                f"datasets.{name}.source: unknown source {source!r}; known: synthetic, hub, local"
+            )
+        if not items:
+            raise DataError(f"datasets.{name}: split {split!r} has no items")
+        ids = [it["id"] for it in items]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"datasets.{name} split {split}: duplicate id {dup!r}")
+        ds = datasets.Dataset.from_list(items)
+        ds.save_to_disk(str(out_dir / split))
+        labels = [it.get("solution") for it in items]
+        manifest["splits"][split] = {
+            "n": len(items),
+            "seed": s_seed,
+            "columns": ds.column_names,
+            "solutions": {s: labels.count(s) for s in sorted(set(labels), key=str)},
+            "quality": quality,
+        }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def load_split(data_dir: str | Path, split: str):
+    """Load one saved split (a ``datasets.Dataset``)."""
+    import datasets
+
+    path = Path(data_dir) / split
+    if not path.exists():
+        raise DataError(f"{path}: split {split!r} not found (build the dataset first)")
+    return datasets.load_from_disk(str(path))

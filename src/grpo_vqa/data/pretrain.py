@@ -1,0 +1,89 @@
+"""Captioning data for the tiny models' warm start, and the text corpus their tokenizer is trained on.
+
+A real VLM arrives able to see and describe; a tiny one built from a config knows nothing. Before any
+experiment, a tiny model is taught to *describe* scenes (which object lies where; how many of each shape),
+never to answer the study's questions or to use ``<think>``/``<answer>``. Its zero-shot ("base") row then plays
+the part of a pretrained model that was not taught the answer format.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .relations import DIRECTIONAL, PROXIMITY, family, sample_relation_scene
+from .scenes import PALETTES, PLURALS, SHAPES, Scene, render
+
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``I see 2 triangles, 1 circle and 3 squares.`` (shapes in a fixed order)."""
+    parts = [f"{n} {shape if n == 1 else PLURALS[shape]}" for shape, n in counts.items()]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"I see {body}."
+
+
+def make_pretrain_items(
+    n: int, seed: int, size: int = 112, max_count: int = 7, with_images: bool = True
+) -> list[dict]:
+    """``n`` (image, prompt, description) items: relation descriptions and shape counts, half each."""
+    from .tasks import counting_scene
+
+    rng = random.Random(seed)
+    colors = list(PALETTES["flat"])
+    items = []
+    for i in range(n):
+        style = "flat" if rng.random() < 0.7 else "textured"
+        if i % 2 == 0:
+            rel = rng.choice(DIRECTIONAL + PROXIMITY)
+            subj, obj = sample_relation_scene(rng, rel, size, colors, list(SHAPES), (9, 16))
+            objects = [subj, obj]
+            other = rng.choice([r for r in family(rel) if r != rel])
+            problem = f"Where is the {subj.name} relative to the {obj.name}?"
+            # Half the prompts mention a wrong relation, so the description must come from the image.
+            if rng.random() < 0.5:
+                problem = f"Is the {subj.name} {other} the {obj.name}? Describe what you see."
+            text = f"I see the {subj.name} {rel} the {obj.name}."
+        else:
+            counts = {s: rng.randint(0, max_count) for s in SHAPES}
+            if sum(counts.values()) == 0:
+                counts["circle"] = 1
+            objects = counting_scene(rng, counts, size)
+            problem = "Count the shapes in the image."
+            text = describe_counts(counts)
+        noise_seed = rng.getrandbits(32)
+        item = {"id": f"pretrain-{i:06d}", "problem": problem, "text": text}
+        if with_images:
+            item["image"] = render(Scene(size, size, style, objects, noise_seed=noise_seed))
+        items.append(item)
+    return items
+
+
+# Canonical settings per task kind for the tokenizer corpus: the corpus depends on the kinds of task, not on
+# a dataset's sizes or bias, so editing those does not rebuild (and retrain) the models.
+CORPUS_KINDS = {
+    "relation": [
+        {"kind": "relation", "relations": list(DIRECTIONAL + PROXIMITY), "prompt_style": "vsr"},
+        {"kind": "relation", "relations": list(DIRECTIONAL + PROXIMITY), "prompt_style": "rel3d"},
+    ],
+    "counting": [{"kind": "counting", "min_count": 0, "max_count": 9}],
+    "grounding": [{"kind": "grounding", "prompt_style": "vsr"}, {"kind": "grounding", "prompt_style": "ood"}],
+    "math": [{"kind": "math", "max_count": 12}],
+}
+
+
+def tokenizer_corpus(seed: int, system_prompt: str | None = None, n_per_kind: int = 300) -> list[str]:
+    """Every kind of text the embedded default's models read or write, for training their tokenizer."""
+    from .build import generator_for
+
+    texts: list[str] = []
+    for item in make_pretrain_items(400, seed, with_images=False):
+        texts += [item["problem"], item["text"]]
+    for kind, variants in CORPUS_KINDS.items():
+        for k, cfg in enumerate(variants):
+            for it in generator_for(kind)(cfg, "train", n_per_kind, seed + k, f"corpus-{kind}"):
+                texts += [it["problem"], it["reasoning"], it["solution"], it.get("caption", "")]
+    if system_prompt:
+        texts.append(system_prompt)
+    texts += [f"<think>{t}</think><answer>{a}</answer>" for t, a in zip(texts[:50], ["True", "False"] * 25)]
+    texts += ["True", "False", "Yes", "No", "0 1 2 3 4 5 6 7 8 9", "A B C D E", "A. B. C. D. E."]
+    return [t for t in texts if t]

@@ -1,0 +1,261 @@
+"""Shared plumbing for the real-dataset loaders: config checks, hub access, images, subsetting.
+
+A loader turns one split of a dataset into :class:`Pending` items (schema columns plus a deferred image
+resolver). :func:`finalize` then checks ids, draws the seeded ``limit`` subset and only then fetches or
+writes images, so a 1,000-item subset of a hub dataset downloads 1,000 images, not all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo_vqa.data.images import DataError
+
+SOURCES = ("hub", "local")
+_DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclass
+class Pending:
+    """One formatted item whose image is not resolved yet.
+
+    ``where`` names the file and row for error messages; ``resolve_image(image_dir)`` returns the path of
+    the image on disk (downloading or writing it into ``image_dir`` if needed).
+    """
+
+    item: dict
+    where: str
+    resolve_image: Callable[[Path], Path]
+
+
+def source_of(name: str, cfg: dict, hub_ok: bool = True) -> str:
+    """The validated ``source`` of a dataset config."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise DataError(f"{name} config: source {source!r} not in {{hub, local}}")
+    if source == "hub" and not hub_ok:
+        raise DataError(f"{name} config: source hub is not available (no hub release); use source: local")
+    return source
+
+
+def dataset_split(name: str, cfg: dict, split: str) -> str:
+    """The dataset's own split name for our ``split`` (``cfg["splits"]`` maps train/val/test to it)."""
+    splits = cfg.get("splits") or {}
+    if split not in splits:
+        raise DataError(f"{name} config: split {split!r} not in splits {sorted(splits)}")
+    return str(splits[split])
+
+
+def local_dir(name: str, cfg: dict) -> Path:
+    """The existing ``local_dir`` of a ``source: local`` config."""
+    if not cfg.get("local_dir"):
+        raise DataError(f"{name} config: source local needs local_dir")
+    root = Path(cfg["local_dir"])
+    if not root.is_dir():
+        raise DataError(f"{name} config: local_dir {root} is not a directory")
+    return root
+
+
+def hub_id(name: str, cfg: dict) -> str:
+    if not cfg.get("hub_id"):
+        raise DataError(f"{name} config: source hub needs hub_id")
+    return str(cfg["hub_id"])
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def load_hub_split(name: str, cfg: dict, split_spec: str, **kwargs: Any):
+    """``datasets.load_dataset(hub_id, split=split_spec, **kwargs)``; any failure is one DataError line."""
+    import datasets
+
+    repo = hub_id(name, cfg)
+    if cfg.get("cache_dir"):
+        kwargs["cache_dir"] = str(cfg["cache_dir"])
+    try:
+        return datasets.load_dataset(repo, split=split_spec, **kwargs)
+    except Exception as exc:  # network, offline mode, missing split, bad files: one line naming the hub id
+        raise DataError(
+            f"{name}: cannot load hub dataset {repo} split {split_spec!r} ({first_line(exc)})"
+        ) from None
+
+
+def read_json(path: Path, name: str) -> Any:
+    """Parse a JSON file or raise DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{name}: file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{name} {path}: not valid JSON ({exc})") from None
+
+
+def read_jsonl(path: Path, name: str) -> list[tuple[int, dict]]:
+    """``(line number, row)`` pairs of a JSON Lines file; a bad line raises DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{name}: file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{name} {path.name} row {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{name} {path.name} row {lineno}: expected a JSON object")
+            rows.append((lineno, row))
+    return rows
+
+
+def require(row: dict, columns: Iterable[str], where: str) -> None:
+    """Raise DataError naming ``where`` if any of ``columns`` is absent (or None) in ``row``."""
+    missing = [c for c in columns if row.get(c) is None]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def binary_label(value: Any, where: str) -> int:
+    """A 0/1 label from an int or bool; anything else raises DataError."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    raise DataError(f"{where}: label {value!r} not in {{0, 1}}")
+
+
+def short_hash(*parts: str | bytes, n: int = 10) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode("utf-8") if isinstance(part, str) else part)
+        h.update(b"\x00")
+    return h.hexdigest()[:n]
+
+
+def letters(n: int, where: str) -> list[str]:
+    if not 2 <= n <= 26:
+        raise DataError(f"{where}: {n} choices, expected 2 to 26")
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+def choices_problem(question: str, choices: list[str]) -> str:
+    """Question followed by lettered options, one per line: ``(A) first``."""
+    opts = "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
+    return f"{question}\nOptions:\n{opts}"
+
+
+def relation_problem(subj: str, predicate: str, obj: str) -> str:
+    """The study's Rel3D / SpatialSense prompt: ``"<subject> <predicate> <object>?"``."""
+    return f"{subj} {predicate} {obj}?"
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _atomic_write_bytes(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch_url(url: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` (atomically). Tests replace this function; the pipeline uses it as is."""
+    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:  # noqa: S310 (http COCO links)
+        _atomic_write_bytes(dest, resp.read())
+
+
+def download_once(url: str, dest: Path, where: str) -> Path:
+    """``dest`` if it already exists, else download it from ``url``; failures name the row and URL."""
+    if dest.is_file():
+        return dest
+    try:
+        fetch_url(url, dest)
+    except Exception as exc:
+        raise DataError(f"{where}: cannot download {url} ({first_line(exc)})") from None
+    return dest
+
+
+def save_png(image: Any, dest: Path, where: str) -> Path:
+    """Write an embedded image (PIL image, ``{"bytes", "path"}`` dict or raw bytes) to ``dest`` as PNG."""
+    from PIL import Image
+
+    if dest.is_file():
+        return dest
+    try:
+        if isinstance(image, dict):
+            raw = image.get("bytes")
+            image = Image.open(io.BytesIO(raw)) if raw else Image.open(image["path"])
+        elif isinstance(image, bytes | bytearray):
+            image = Image.open(io.BytesIO(image))
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"unsupported image value of type {type(image).__name__}")
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+    except Exception as exc:
+        raise DataError(f"{where}: cannot write embedded image ({first_line(exc)})") from None
+    _atomic_write_bytes(dest, buf.getvalue())
+    return dest
+
+
+def existing_file(path: Path) -> Callable[[Path], Path]:
+    """A resolver for an image that is already on disk."""
+    return lambda _image_dir: path
+
+
+# ------------------------------------------------------------------------------------------- finalize
+
+
+def check_limit(name: str, cfg: dict) -> int | None:
+    limit = cfg.get("limit")
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise DataError(f"{name} config: limit {limit!r} is not a non-negative integer or null")
+    return limit
+
+
+def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """Indices of a ``random.Random(seed)`` sample of ``limit`` of ``n`` items, in original order."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed: int) -> list[dict]:
+    """Check ids are unique, draw the seeded subset, resolve images and check they exist."""
+    seen: dict[str, int] = {}
+    for i, p in enumerate(pending):
+        first = seen.setdefault(p.item["id"], i)
+        if first != i:
+            raise DataError(
+                f"{p.where}: duplicate id {p.item['id']!r} (first seen at {pending[first].where})"
+            )
+    image_dir = Path(image_dir)
+    items = []
+    for idx in seeded_subset(len(pending), check_limit(name, cfg), seed):
+        p = pending[idx]
+        path = Path(p.resolve_image(image_dir))
+        if not path.is_file():
+            raise DataError(f"{p.where}: image file not found: {path}")
+        items.append({**p.item, "image_path": str(path.absolute())})
+    return items

@@ -1,0 +1,158 @@
+"""Spatial-relation items in the study's VSR columns, generated from procedural scenes.
+
+Each item shows two shapes and a caption claiming a relation between them (``The red circle is left of the
+blue square.``). The label says whether the claim holds in the image. The SFT reasoning states what is seen,
+what is claimed and a comparison word, so that the answer becomes a lookup once the relation is seen::
+
+    <think>I see the red circle right of the blue square. The statement says left of. They differ.</think>
+    <answer>False</answer>
+
+Text bias (for the bias experiment) is controlled by ``bias``: the probability that a caption whose relation
+is in :data:`BIAS_POSITIVE` is true (and that one in the other half is false). ``bias = 0.5`` is unbiased.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from .scenes import SceneObject, place_objects
+
+DIRECTIONAL = ("left of", "right of", "above", "below")
+PROXIMITY = ("next to", "far from")
+RELATIONS = DIRECTIONAL + PROXIMITY
+# Relation words whose captions are made mostly true in a biased set; the rest are made mostly false.
+BIAS_POSITIVE = ("left of", "above", "next to")
+
+
+def family(relation: str) -> tuple[str, ...]:
+    """The relations a claim competes with (a caption is false when another one of its family is seen)."""
+    if relation in DIRECTIONAL:
+        return DIRECTIONAL
+    if relation in PROXIMITY:
+        return PROXIMITY
+    raise ValueError(f"unknown relation {relation!r}; known: {', '.join(RELATIONS)}")
+
+
+def seen_relation(
+    subj: SceneObject, obj: SceneObject, relation_family: tuple[str, ...], size: int
+) -> str | None:
+    """The relation of ``subj`` to ``obj`` in a family, or ``None`` when the geometry is ambiguous."""
+    if relation_family == DIRECTIONAL:
+        dx, dy = subj.cx - obj.cx, subj.cy - obj.cy
+        if max(abs(dx), abs(dy)) < 0.15 * size or min(abs(dx), abs(dy)) * 1.5 > max(abs(dx), abs(dy)):
+            return None
+        if abs(dx) >= abs(dy):
+            return "left of" if dx < 0 else "right of"
+        return "above" if dy < 0 else "below"
+    gap = math.hypot(subj.cx - obj.cx, subj.cy - obj.cy) - subj.r - obj.r
+    if gap < 0.12 * size:
+        return "next to"
+    if gap > 0.35 * size:
+        return "far from"
+    return None
+
+
+def caption_for(subj: str, relation: str, obj: str) -> str:
+    return f"The {subj} is {relation} the {obj}."
+
+
+def problem_for(caption: str, subj: str, relation: str, obj: str, style: str) -> str:
+    """The question text: the study's VSR wording, or its Rel3D wording ``"<subj> <predicate> <obj>?"``."""
+    if style == "vsr":
+        return f"Is the following statement true: {caption}"
+    if style == "rel3d":
+        return f"{subj} {relation} {obj}?"
+    raise ValueError(f"unknown prompt style {style!r}; known: vsr, rel3d")
+
+
+def reasoning_for(subj: str, seen: str, obj: str, claimed: str) -> str:
+    verdict = "They match." if seen == claimed else "They differ."
+    return f"I see the {subj} {seen} the {obj}. The statement says {claimed}. {verdict}"
+
+
+def label_plan(relations: list[str], n: int, bias: float, rng: random.Random) -> list[tuple[str, int]]:
+    """Exactly balanced (claimed relation, label) pairs for ``n`` items under a text bias.
+
+    Claims are spread evenly over ``relations``; within each relation the number of true captions is
+    about ``p * count`` (rounding errors carried over so the total is exact) with ``p = bias`` for :data:`BIAS_POSITIVE` relations and ``1 - bias`` otherwise.
+    """
+    if not 0.0 <= bias <= 1.0:
+        raise ValueError(f"bias must be in [0, 1], got {bias}")
+    plan: list[tuple[str, int]] = []
+    carry = 0.0  # error diffusion keeps the overall count of true captions at round(sum of p * count)
+    for k, rel in enumerate(relations):
+        count = n // len(relations) + (1 if k < n % len(relations) else 0)
+        p = bias if rel in BIAS_POSITIVE else 1.0 - bias
+        exact = p * count + carry
+        n_true = min(count, max(0, int(math.floor(exact + 0.5))))
+        carry = exact - n_true
+        plan += [(rel, 1)] * n_true + [(rel, 0)] * (count - n_true)
+    rng.shuffle(plan)
+    return plan
+
+
+def sample_relation_scene(
+    rng: random.Random,
+    seen: str,
+    size: int,
+    colors: list[str],
+    shapes: list[str],
+    radius: tuple[int, int],
+    max_tries: int = 500,
+) -> tuple[SceneObject, SceneObject]:
+    """Two distinct-looking objects whose relation (subject to object) is clearly ``seen``."""
+    fam = family(seen)
+    for _ in range(max_tries):
+        c1, c2 = rng.sample(colors, 2)
+        s1, s2 = rng.choice(shapes), rng.choice(shapes)
+        objs = place_objects(rng, [(s1, c1), (s2, c2)], size, radius)
+        if objs is None:
+            continue
+        if seen_relation(objs[0], objs[1], fam, size) == seen:
+            return objs[0], objs[1]
+    raise RuntimeError(f"could not place two objects '{seen}' each other on a {size}px canvas")
+
+
+def make_relation_items(
+    n: int,
+    seed: int,
+    relations: list[str],
+    bias: float = 0.5,
+    size: int = 112,
+    colors: list[str] | None = None,
+    shapes: list[str] | None = None,
+    radius: tuple[int, int] = (9, 16),
+    prompt_style: str = "vsr",
+    id_prefix: str = "rel",
+) -> list[dict]:
+    """``n`` relation items (without images: each carries its scene objects for rendering)."""
+    from .scenes import PALETTES, SHAPES
+
+    colors = list(colors or PALETTES["flat"].keys())
+    shapes = list(shapes or SHAPES)
+    for rel in relations:
+        family(rel)
+    rng = random.Random(seed)
+    items = []
+    for i, (claimed, label) in enumerate(label_plan(relations, n, bias, rng)):
+        fam = [r for r in family(claimed) if r != claimed]
+        seen = claimed if label == 1 else rng.choice(fam)
+        subj, obj = sample_relation_scene(rng, seen, size, colors, shapes, radius)
+        caption = caption_for(subj.name, claimed, obj.name)
+        items.append(
+            {
+                "id": f"{id_prefix}-{i:06d}",
+                "task": "relation",
+                "caption": caption,
+                "label": label,
+                "relation": claimed,
+                "subj": subj.name,
+                "obj": obj.name,
+                "problem": problem_for(caption, subj.name, claimed, obj.name, prompt_style),
+                "solution": "True" if label == 1 else "False",
+                "reasoning": reasoning_for(subj.name, seen, obj.name, claimed),
+                "_objects": [subj, obj],
+            }
+        )
+    return items

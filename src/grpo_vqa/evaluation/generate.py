@@ -1,0 +1,111 @@
+"""Batched greedy generation over a task split, resumable through a per-split JSONL cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data.images import load_image
+from ..data.scenes import blank_like
+from ..parsing import extract_answer, extract_think, format_ok
+from ..rewards import get_reward_funcs
+from ..training.common import prompt_messages
+
+EXTRA_FIELDS = ("relation", "subj", "obj", "caption", "target_shape", "count", "choices", "boxes")
+
+
+def chat_prompts(processor, problems: list[str], system_prompt: str | None) -> list[str]:
+    return [
+        processor.apply_chat_template(prompt_messages(p, system_prompt), add_generation_prompt=True, tokenize=False)
+        for p in problems
+    ]
+
+
+def generate_batch(model, processor, images, problems, system_prompt, max_new_tokens: int) -> list[str]:
+    """Greedy completions for one batch (left padding; only the new tokens are decoded)."""
+    import torch
+
+    texts = chat_prompts(processor, problems, system_prompt)
+    inputs = processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
+    inputs = inputs.to(model.device)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
+    new = out[:, inputs["input_ids"].shape[1] :]
+    return processor.batch_decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def strip_special(text: str, processor) -> str:
+    """Drop padding/end-of-turn tokens from a decoded completion (keep <think>/<answer> tags)."""
+    tok = processor.tokenizer
+    keep = {"<think>", "</think>", "<answer>", "</answer>"}
+    for special in tok.all_special_tokens:
+        if special not in keep and special:
+            text = text.replace(special, "")
+    end = "<end_of_utterance>"
+    return text.replace(end, "").strip()
+
+
+def score_record(item: dict, response: str) -> dict:
+    """One evaluated item: parsed answer, correctness (the training accuracy reward) and format."""
+    (accuracy,) = get_reward_funcs(["accuracy"])
+    rec = {
+        "id": item["id"],
+        "task": item.get("task", "relation"),
+        "question": item["problem"],
+        "response": response,
+        "reasoning": extract_think(response) or "",
+        "parsed_answer": extract_answer(response),
+        "solution": item["solution"],
+        "correct": bool(accuracy([response], solution=[item["solution"]])[0] == 1.0),
+        "format_ok": bool(format_ok(response)),
+    }
+    for key in EXTRA_FIELDS:
+        if key in item and item[key] is not None:
+            rec[key] = item[key]
+    return rec
+
+
+def evaluate_split(
+    model,
+    processor,
+    ds,
+    cache_path: str | Path,
+    system_prompt: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+    blank: bool = False,
+    desc: str = "eval",
+) -> list[dict]:
+    """Generate for every item of ``ds`` not already in ``cache_path``; return records in dataset order."""
+    cache_path = Path(cache_path)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    if cache_path.exists():
+        for line in cache_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: redo that item
+            done[rec["id"]] = rec
+    rows = [ds[i] for i in range(len(ds))]
+    todo = [r for r in rows if r["id"] not in done]
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, mininterval=10, disable=None)
+    with open(cache_path, "a", encoding="utf-8") as fh:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = [load_image(r["image_path"]) for r in batch]
+            if blank:
+                images = [blank_like(im) for im in images]
+            outs = generate_batch(model, processor, images, [r["problem"] for r in batch], system_prompt, max_new_tokens)
+            for r, text in zip(batch, outs):
+                rec = score_record(r, strip_special(text, processor))
+                done[rec["id"]] = rec
+                fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(batch))
+    bar.close()
+    return [done[r["id"]] for r in rows]

@@ -1,0 +1,75 @@
+"""Evaluate one model on a dataset's splits (plus extra test sets and the blank-image probe)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..data.build import load_split
+from ..io import atomic_write_json
+from .generate import evaluate_split
+from .scores import split_scores
+
+
+def model_fingerprint(model_path: str, cfg: dict) -> str:
+    """Hash of the model files' names, sizes and mtimes (or the hub id) plus the evaluation settings."""
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    root = Path(model_path)
+    if root.is_dir():
+        for f in sorted(root.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        h.update(model_path.encode())
+    return h.hexdigest()[:16]
+
+
+def evaluation_sets(data_dir: str, splits: list[str], extra: dict[str, str], blank_probe: bool) -> list[tuple]:
+    """(name, dataset dir, split, blank) for everything one evaluation job covers."""
+    sets = [(s, data_dir, s, False) for s in splits]
+    if blank_probe:
+        sets.append(("test-blank", data_dir, "test", True))
+    sets += [(f"{name}-test", d, "test", False) for name, d in extra.items()]
+    return sets
+
+
+def evaluate_model(
+    model_path: str,
+    data_dir: str,
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    cfg: dict,
+    extra: dict[str, str] | None = None,
+) -> dict:
+    """Write ``generated_responses_<name>.json`` per set and ``scores.json``; return the scores."""
+    from ..models.loading import load_model, load_processor
+
+    out_dir = Path(out_dir)
+    # Cached responses are only valid for this model and these settings: key the cache on both.
+    cache_dir = Path(cache_dir) / model_fingerprint(model_path, cfg)
+    model = load_model(model_path, dtype=cfg.get("dtype", "float32"))
+    model.eval()
+    processor = load_processor(model_path, padding_side="left")
+    scores: dict = {"model": model_path, "splits": {}}
+    sets = evaluation_sets(data_dir, list(cfg["splits"]), extra or {}, bool(cfg.get("blank_image_probe")))
+    for name, ddir, split, blank in sets:
+        ds = load_split(ddir, split)
+        if cfg.get("limit"):
+            ds = ds.select(range(min(int(cfg["limit"]), len(ds))))
+        records = evaluate_split(
+            model,
+            processor,
+            ds,
+            cache_dir / f"{name}.jsonl",
+            cfg.get("system_prompt"),
+            int(cfg["max_new_tokens"]),
+            int(cfg["batch_size"]),
+            blank=blank,
+            desc=f"eval {name}",
+        )
+        atomic_write_json(out_dir / f"generated_responses_{name}.json", records)
+        scores["splits"][name] = split_scores(records)
+    atomic_write_json(out_dir / "scores.json", scores)
+    return scores

@@ -1,0 +1,108 @@
+"""Pieces shared by the trainers: threads and seeds, datasets with images, LoRA configs, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from ..data.images import load_image
+
+COMPLETE_MARKER = ".complete"
+
+
+def setup_runtime(seed: int, threads: int | None) -> None:
+    """Seed Python, NumPy and torch; cap torch threads (two jobs on two cores must not oversubscribe)."""
+    import numpy as np
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
+    """Conversational prompt with one image before the question (the chat template places it)."""
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": problem}]})
+    return messages
+
+
+def target_text(reasoning: str, solution: str) -> str:
+    """The SFT target in the study's format."""
+    return f"<think>{reasoning}</think><answer>{solution}</answer>"
+
+
+def with_images(ds, blank: bool = False):
+    """Add an ``image`` column decoded from ``image_path`` (every file checked; errors name the file)."""
+    from ..data.scenes import blank_like
+
+    images = []
+    for path in ds["image_path"]:
+        img = load_image(path)
+        images.append(blank_like(img) if blank else img)
+    return ds.add_column("image", images)
+
+
+def lora_config(cfg: dict, task_type: str = "CAUSAL_LM"):
+    """A PEFT LoraConfig from ``{r, alpha, dropout, targets}``.
+
+    Targets are matched in the language model only (any module path without ``visual``/``vision``), so the
+    vision tower stays frozen, as in the study.
+    """
+    from peft import LoraConfig
+
+    targets = "|".join(cfg["targets"])
+    return LoraConfig(
+        r=int(cfg["r"]),
+        lora_alpha=int(cfg["alpha"]),
+        lora_dropout=float(cfg.get("dropout", 0.0)),
+        target_modules=rf"^(?!.*(visual|vision)).*\.({targets})$",
+        task_type=task_type,
+    )
+
+
+def latest_complete_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` folder carrying the completion marker (half-written ones are ignored)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for child in ckpt_dir.iterdir():
+        if child.is_dir() and child.name.startswith("checkpoint-") and (child / COMPLETE_MARKER).exists():
+            try:
+                found.append((int(child.name.split("-", 1)[1]), child))
+            except ValueError:
+                continue
+    return max(found)[1] if found else None
+
+
+def make_complete_marker_callback():
+    """A TrainerCallback writing :data:`COMPLETE_MARKER` into each checkpoint once it is fully saved."""
+    from transformers import TrainerCallback
+
+    class CompleteMarker(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    (folder / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+            return control
+
+    return CompleteMarker()
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move a finished directory into place, replacing any older one."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))

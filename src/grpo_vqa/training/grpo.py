@@ -1,0 +1,117 @@
+"""GRPO with TRL ``GRPOTrainer`` + LoRA, rewards chosen by name from :mod:`grpo_vqa.rewards`.
+
+Like :mod:`grpo_vqa.training.sft`: checkpoints in ``ckpt_dir`` (resumed from the newest complete one, with
+optimizer, scheduler and RNG state), final adapter written atomically to ``out_dir`` with the per-step
+reward history (``train_history.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..rewards import get_reward_funcs
+from .common import (
+    latest_complete_checkpoint,
+    lora_config,
+    make_complete_marker_callback,
+    prompt_messages,
+    replace_dir,
+    with_images,
+)
+
+# Dataset columns handed to reward functions (TRL passes every non-prompt column as a keyword argument).
+REWARD_COLUMNS = ("solution", "boxes", "target_shape", "choices", "relation", "task")
+
+
+def grpo_rows(ds, system_prompt: str | None):
+    """Conversational prompts with an ``image`` column, keeping the columns rewards need."""
+    ds = with_images(ds)
+    ds = ds.map(lambda ex: {"prompt": prompt_messages(ex["problem"], system_prompt)})
+    keep = {"prompt", "image", *REWARD_COLUMNS}
+    return ds.remove_columns([c for c in ds.column_names if c not in keep])
+
+
+def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | None, dtype: str):
+    """A ``GRPOConfig`` from the pipeline's flat ``grpo`` section."""
+    import torch
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(ckpt_dir),
+        max_steps=int(cfg["max_steps"]),
+        learning_rate=float(cfg["learning_rate"]),
+        per_device_train_batch_size=int(cfg["batch_size"]),
+        gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
+        num_generations=int(cfg["num_generations"]),
+        max_completion_length=int(cfg["max_completion_length"]),
+        temperature=float(cfg.get("temperature", 1.0)),
+        top_p=float(cfg.get("top_p", 1.0)),
+        top_k=int(cfg.get("top_k", 0)),
+        beta=float(cfg.get("beta", 0.0)),
+        loss_type=cfg.get("loss_type", "dapo"),
+        reward_weights=cfg.get("reward_weights"),
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=int(cfg.get("save_steps", 20)),
+        save_total_limit=2,
+        report_to=["tensorboard"] if log_dir else [],
+        logging_dir=str(log_dir) if log_dir else None,
+        seed=seed,
+        data_seed=seed,
+        bf16=dtype == "bfloat16",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        log_completions=False,
+    )
+
+
+def trainer_class(engine: str):
+    """TRL's GRPOTrainer, or the fast rollout engine's subclass of it."""
+    if engine == "hf":
+        from trl import GRPOTrainer
+
+        return GRPOTrainer
+    from ..rollout import grpo_trainer_class
+
+    return grpo_trainer_class(engine)
+
+
+def run_grpo(
+    model_path: str,
+    train_rows,
+    out_dir: str | Path,
+    ckpt_dir: str | Path,
+    cfg: dict,
+    seed: int,
+    log_dir: str | Path | None = None,
+    dtype: str = "float32",
+) -> dict:
+    from ..models.loading import load_model, load_processor
+
+    ckpt_dir = Path(ckpt_dir)
+    model = load_model(model_path, dtype=dtype)
+    processor = load_processor(model_path, padding_side="left")
+    cls = trainer_class(cfg.get("rollout_engine", "hf"))
+    trainer = cls(
+        model=model,
+        reward_funcs=get_reward_funcs(list(cfg["rewards"])),
+        args=grpo_args(cfg, ckpt_dir, seed, log_dir, dtype),
+        train_dataset=train_rows,
+        processing_class=processor,
+        peft_config=lora_config(cfg["lora"]),
+        callbacks=[make_complete_marker_callback()],
+    )
+    resume = latest_complete_checkpoint(ckpt_dir)
+    if resume is not None:
+        print(f"[grpo] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    tmp = Path(str(out_dir) + ".tmp")
+    trainer.save_model(str(tmp))
+    processor.save_pretrained(str(tmp))
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
+    replace_dir(tmp, out_dir)
+    return {"history": history, "resumed_from": str(resume) if resume else None}

@@ -1,0 +1,39 @@
+"""Warm start of a tiny model: full fine-tuning on scene descriptions (see :mod:`grpo_vqa.data.pretrain`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import prompt_messages
+from .sft import run_sft
+
+
+def pretrain_rows(n: int, seed: int, size: int):
+    import datasets
+
+    from ..data.pretrain import make_pretrain_items
+
+    items = make_pretrain_items(n, seed, size=size)
+    rows = [
+        {
+            "prompt": prompt_messages(it["problem"], None),
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": it["text"]}]}],
+            "image": it["image"],
+        }
+        for it in items
+    ]
+    return datasets.Dataset.from_list(rows)
+
+
+def warm_start(model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path, cfg: dict, seed: int, size: int):
+    """Pretrain ``model_dir`` for ``cfg['steps']`` steps and save the full model to ``out_dir``."""
+    train_cfg = {
+        "max_steps": int(cfg["steps"]),
+        "learning_rate": float(cfg["lr"]),
+        "batch_size": int(cfg["batch_size"]),
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.03,
+        "save_steps": max(50, int(cfg["steps"]) // 4),
+    }
+    rows = pretrain_rows(int(cfg["n_images"]), seed, size)
+    return run_sft(str(model_dir), rows, out_dir, ckpt_dir, train_cfg, seed, use_lora=False)

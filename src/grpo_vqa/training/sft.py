@@ -1,0 +1,113 @@
+"""Supervised fine-tuning with TRL ``SFTTrainer`` (LoRA via PEFT, or full fine-tuning for warm starts).
+
+Checkpoints go to ``ckpt_dir`` (not a Snakemake output, so a failed or killed job keeps them); a rerun resumes
+from the newest complete one with optimizer, scheduler and RNG state. Only the final model directory is
+written to ``out_dir``, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .common import (
+    latest_complete_checkpoint,
+    lora_config,
+    make_complete_marker_callback,
+    prompt_messages,
+    replace_dir,
+    target_text,
+    with_images,
+)
+
+log = logging.getLogger(__name__)
+
+
+def sft_rows(ds, system_prompt: str | None, completion_field: str | None = None):
+    """Prompt-completion conversational rows (plus ``image``) from a task split.
+
+    The completion is ``<think>reasoning</think><answer>solution</answer>``, or the raw ``completion_field``
+    column when given (captioning warm start, direct-answer prompt tuning).
+    """
+
+    def to_row(ex):
+        text = ex[completion_field] if completion_field else target_text(ex["reasoning"], ex["solution"])
+        return {
+            "prompt": prompt_messages(ex["problem"], system_prompt),
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}],
+        }
+
+    ds = with_images(ds)
+    keep = {"prompt", "completion", "image"}
+    return ds.map(to_row, remove_columns=[c for c in ds.column_names if c not in keep])
+
+
+def run_sft(
+    model_path: str,
+    train_rows,
+    out_dir: str | Path,
+    ckpt_dir: str | Path,
+    cfg: dict,
+    seed: int,
+    use_lora: bool = True,
+    log_dir: str | Path | None = None,
+    dtype: str = "float32",
+) -> dict:
+    """Train and save the final model (LoRA adapter or full weights) plus processor to ``out_dir``."""
+    from trl import SFTConfig, SFTTrainer
+
+    from ..models.loading import load_model, load_processor
+
+    ckpt_dir = Path(ckpt_dir)
+    model = load_model(model_path, dtype=dtype)
+    processor = load_processor(model_path, padding_side="right")
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        max_steps=int(cfg["max_steps"]),
+        learning_rate=float(cfg["learning_rate"]),
+        per_device_train_batch_size=int(cfg["batch_size"]),
+        gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
+        lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
+        warmup_ratio=float(cfg.get("warmup_ratio", 0.0)),
+        max_length=None,  # a length limit could cut image tokens
+        completion_only_loss=True,
+        logging_steps=max(1, int(cfg["max_steps"]) // 25),
+        save_strategy="steps",
+        save_steps=int(cfg.get("save_steps", 50)),
+        save_total_limit=2,
+        report_to=["tensorboard"] if log_dir else [],
+        logging_dir=str(log_dir) if log_dir else None,
+        seed=seed,
+        data_seed=seed,
+        bf16=dtype == "bfloat16",
+        use_cpu=not _cuda(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        processing_class=processor,
+        peft_config=lora_config(cfg["lora"]) if use_lora else None,
+        callbacks=[make_complete_marker_callback()],
+    )
+    resume = latest_complete_checkpoint(ckpt_dir)
+    if resume is not None:
+        log.info("resuming SFT from %s", resume)
+        print(f"[sft] resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    tmp = Path(str(out_dir) + ".tmp")
+    trainer.save_model(str(tmp))
+    processor.save_pretrained(str(tmp))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
+    replace_dir(tmp, out_dir)
+    return {"history": history, "resumed_from": str(resume) if resume else None}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

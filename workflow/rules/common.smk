@@ -1,0 +1,99 @@
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+REPO = Path(workflow.basedir).parent
+sys.path.insert(0, str(REPO / "src"))
+
+from grpo_vqa.config import ConfigError, as_json, stage_config, validate_config  # noqa: E402
+
+try:
+    validate_config(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+validate(config, schema="../schemas/config.schema.yaml")
+
+# The scripts import the package from the checkout, so every rule's env only needs third-party packages.
+shell.prefix("set -euo pipefail; export PYTHONPATH=" + str(REPO / "src") + ":${{PYTHONPATH:-}}; ")
+
+SEED = int(config["seed"])
+THREADS = int(config.get("threads_per_job", 1))
+EXPERIMENTS = list(config["experiments"])
+STAGES = ["base", "sft", "grpo"]
+
+
+wildcard_constraints:
+    exp="|".join(EXPERIMENTS) or "NONE",
+    model="|".join(config["models"]),
+    dataset="|".join(config["datasets"]),
+    stage="base|sft|grpo",
+    trained="sft|grpo",
+
+
+def experiment(w):
+    return config["experiments"][w.exp]
+
+
+def model_of(exp):
+    return config["experiments"][exp]["model"]
+
+
+def model_dtype(exp):
+    return config["models"][model_of(exp)].get("dtype", "float32")
+
+
+def dataset_dir(name):
+    return f"results/data/{name}"
+
+
+def train_params(exp, stage):
+    """The JSON a training script runs with: its stage's settings plus what shapes its data and prompts."""
+    return as_json(
+        {
+            stage: stage_config(config, exp, stage),
+            "seed": SEED,
+            "system_prompt": config.get("system_prompt"),
+            "dtype": model_dtype(exp),
+        }
+    )
+
+
+def eval_params(exp):
+    return as_json(
+        config["evaluation"]
+        | {"seed": SEED, "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
+    )
+
+
+def model_input(exp, stage):
+    """The model an experiment's stage starts from / is evaluated as."""
+    if stage == "base":
+        return f"results/models/{model_of(exp)}/base.json"
+    return f"results/runs/{exp}/{stage}/model"
+
+
+def is_gpu_model(exp):
+    return config["models"][model_of(exp)]["source"] == "pretrained"
+
+
+def train_runtime(wildcards, attempt):
+    """Walltime (minutes): 30 for tiny models, the cluster's 12 h for real ones; scaled by the attempt."""
+    return (720 if is_gpu_model(wildcards.exp) else 30) * attempt
+
+
+def train_mem(wildcards, attempt):
+    return (64000 if is_gpu_model(wildcards.exp) else 4000) * attempt
+
+
+def train_gpu(wildcards):
+    return 1 if is_gpu_model(wildcards.exp) else 0
+
+
+def table_targets():
+    return [f"results/tables/{name}.md" for name in config["tables"]]
+
+
+def all_targets():
+    return table_targets()

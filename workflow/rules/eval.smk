@@ -1,0 +1,36 @@
+def extra_eval_sets(w):
+    return {name: dataset_dir(name) for name in experiment(w).get("eval_datasets", [])}
+
+
+rule evaluate:
+    """Greedy generation on val/test (+ blank-image probe, + extra test sets) for one model stage."""
+    input:
+        model=lambda w: model_input(w.exp, w.stage),
+        data=lambda w: dataset_dir(experiment(w)["dataset"]),
+        extra=lambda w: list(extra_eval_sets(w).values()),
+    output:
+        scores="results/eval/{exp}/{stage}/scores.json",
+        responses=expand(
+            "results/eval/{{exp}}/{{stage}}/generated_responses_{split}.json",
+            split=config["evaluation"]["splits"],
+        ),
+    params:
+        cfg=lambda w: eval_params(w.exp),
+        out_dir="results/eval/{exp}/{stage}",
+        cache="results/checkpoints/eval/{exp}/{stage}",
+        extra=lambda w: " ".join(f"{k}={v}" for k, v in extra_eval_sets(w).items()),
+    log:
+        "results/logs/evaluate/{exp}-{stage}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{exp}-{stage}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: THREADS
+    resources:
+        runtime=lambda w, attempt: (240 if is_gpu_model(w.exp) else 30) * attempt,
+        mem_mb=train_mem,
+        gpu=train_gpu,
+    shell:
+        "python scripts/evaluate.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        " --data {input.data} --extra {params.extra} --out-dir {params.out_dir} --cache-dir {params.cache}"
+        " > {log} 2>&1"

@@ -1,0 +1,74 @@
+# LLM-as-judge alignment scoring: judge each generated response, then tabulate per run/split/stage.
+# The rules run from the repo root; PYTHONPATH=src makes grpo_vqa importable inside envs/judge.yaml.
+import json
+
+from grpo_vqa.judge.prompts import resolve_prompt_path
+
+
+def _judge_human_labels(wildcards):
+    path = config["judge"].get("human_labels")
+    return [path] if path else []
+
+
+rule judge_responses:
+    input:
+        responses="results/eval/{run}/{stage}/generated_responses_{split}.json",
+        prompt=lambda w: str(resolve_prompt_path(w.prompt, "config/judge_prompts")),
+    output:
+        "results/judge/{run}/{stage}/{split}.{prompt}.jsonl",
+    params:
+        cfg=lambda w: json.dumps(config["judge"]),
+        cache=lambda w: f"results/judge/.cache/{w.run}/{w.stage}/{w.split}",
+    log:
+        "results/logs/judge/{run}/{stage}/{split}.{prompt}.log",
+    benchmark:
+        "results/benchmarks/judge/{run}/{stage}/{split}.{prompt}.tsv"
+    wildcard_constraints:
+        stage="base|sft|grpo",
+        split="train|val|test",
+        prompt=r"[a-z0-9_]+(\.v\d+)?",
+    conda:
+        "../../envs/judge.yaml"
+    threads: 1
+    resources:
+        runtime=lambda w: 20 if config["judge"]["backend"] == "rules" else 240,
+        mem_mb=2000,
+    shell:
+        "PYTHONPATH=src${{PYTHONPATH:+:$PYTHONPATH}} python scripts/judge_responses.py"
+        " --responses {input.responses} --output {output} --cache-dir {params.cache}"
+        " --prompt {wildcards.prompt} --prompt-dir config/judge_prompts"
+        " --run {wildcards.run} --stage {wildcards.stage} --split {wildcards.split}"
+        " --config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule alignment_table:
+    input:
+        judged=expand(
+            "results/judge/{run}/{stage}/{split}.{prompt}.jsonl",
+            run=config["judge"]["runs"],
+            stage=config["judge"]["stages"],
+            split=config["judge"]["splits"],
+            prompt=config["judge"]["prompt"],
+        ),
+        labels=_judge_human_labels,
+    output:
+        md="results/tables/alignment.md",
+        csv="results/tables/alignment.csv",
+        fig="results/figures/alignment_confusion.png",
+    params:
+        cfg=lambda w: json.dumps(config["judge"]),
+        labels=lambda w, input: f"--human-labels {input.labels[0]}" if input.labels else "",
+    log:
+        "results/logs/judge/alignment_table.log",
+    benchmark:
+        "results/benchmarks/judge/alignment_table.tsv"
+    conda:
+        "../../envs/judge.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+    shell:
+        "PYTHONPATH=src${{PYTHONPATH:+:$PYTHONPATH}} python scripts/alignment_table.py"
+        " --judged {input.judged} {params.labels} --out-md {output.md} --out-csv {output.csv}"
+        " --out-fig {output.fig} --config-json {params.cfg:q} > {log} 2>&1"

@@ -1,0 +1,75 @@
+rule sft:
+    """Supervised fine-tuning with LoRA on <think>/<answer> targets (TRL SFTTrainer + PEFT)."""
+    input:
+        model=lambda w: model_input(w.exp, "base"),
+        data=lambda w: dataset_dir(experiment(w)["dataset"]),
+    output:
+        directory("results/runs/{exp}/sft/adapter"),
+    params:
+        cfg=lambda w: train_params(w.exp, "sft"),
+        ckpt="results/checkpoints/{exp}/sft",
+        tb="results/logs/tensorboard/{exp}/sft",
+    log:
+        "results/logs/sft/{exp}.log",
+    benchmark:
+        "results/benchmarks/sft/{exp}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: THREADS
+    resources:
+        runtime=train_runtime,
+        mem_mb=train_mem,
+        gpu=train_gpu,
+    shell:
+        "python scripts/train_sft.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
+
+
+rule merge_lora:
+    """Merge a stage's LoRA adapter into its base model (PEFT merge_and_unload)."""
+    input:
+        "results/runs/{exp}/{trained}/adapter",
+    output:
+        directory("results/runs/{exp}/{trained}/model"),
+    params:
+        cfg=lambda w: as_json({"seed": SEED, "dtype": model_dtype(w.exp)}),
+    log:
+        "results/logs/merge_lora/{exp}-{trained}.log",
+    benchmark:
+        "results/benchmarks/merge_lora/{exp}-{trained}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: THREADS
+    resources:
+        runtime=lambda w, attempt: 30 * attempt,
+        mem_mb=train_mem,
+    shell:
+        "python scripts/merge_lora.py --config-json {params.cfg:q} --threads {threads} --adapter {input}"
+        " --out {output} > {log} 2>&1"
+
+
+rule grpo:
+    """GRPO with LoRA from the merged SFT model (TRL GRPOTrainer; rewards by name)."""
+    input:
+        model="results/runs/{exp}/sft/model",
+        data=lambda w: dataset_dir(experiment(w)["dataset"]),
+    output:
+        directory("results/runs/{exp}/grpo/adapter"),
+    params:
+        cfg=lambda w: train_params(w.exp, "grpo"),
+        ckpt="results/checkpoints/{exp}/grpo",
+        tb="results/logs/tensorboard/{exp}/grpo",
+    log:
+        "results/logs/grpo/{exp}.log",
+    benchmark:
+        "results/benchmarks/grpo/{exp}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: THREADS
+    resources:
+        runtime=train_runtime,
+        mem_mb=train_mem,
+        gpu=train_gpu,
+    shell:
+        "python scripts/train_grpo.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
