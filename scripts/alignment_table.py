@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = json.loads(a.config_json)
     judged = load_judged(a.judged)
-    table = alignment_table(judged)
+    table = alignment_table(judged, cfg.get("splits"), cfg.get("stages"))
     agree = agreement(judged, load_human_labels(a.human_labels)) if a.human_labels else None
     models = sorted({f"{m} ({p})" for m, p in zip(judged["model"], judged["prompt_version"], strict=True)})
     desc = ", ".join(models) or "none"

@@ -37,14 +37,22 @@ def main() -> None:
             build_tiny_model(cfg["arch"], cfg.get("tiny", {}), corpus, init_dir, args.seed)
         pre = cfg.get("pretrain") or {"steps": 0}
         if int(pre.get("steps", 0)) > 0:
-            warm_start(init_dir, args.model_dir, Path(args.ckpt) / "warm_start", pre, args.seed,
-                       cfg.get("tiny", {}).get("image_size", 112))
+            warm_start(
+                init_dir,
+                args.model_dir,
+                Path(args.ckpt) / "warm_start",
+                pre,
+                args.seed,
+                cfg.get("tiny", {}).get("image_size", 112),
+            )
         else:
             if Path(args.model_dir).exists():
                 shutil.rmtree(args.model_dir)
             shutil.copytree(init_dir, args.model_dir)
         path = args.model_dir
-    atomic_write_json(args.ref, {"name": args.name, "path": path, "source": cfg["source"], "arch": cfg["arch"]})
+    atomic_write_json(
+        args.ref, {"name": args.name, "path": path, "source": cfg["source"], "arch": cfg["arch"]}
+    )
     write_sidecar(args.ref, {"model": cfg, "seed": args.seed})
 
 

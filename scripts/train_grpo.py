@@ -19,8 +19,16 @@ def main() -> None:
     cfg = cli.load_cfg(args)
     setup_runtime(cfg["seed"], args.threads)
     rows = grpo_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
-    result = run_grpo(resolve_model(args.model), rows, args.out, args.ckpt, cfg["grpo"], cfg["seed"],
-                      log_dir=args.log_dir, dtype=cfg.get("dtype", "float32"))
+    result = run_grpo(
+        resolve_model(args.model),
+        rows,
+        args.out,
+        args.ckpt,
+        cfg["grpo"],
+        cfg["seed"],
+        log_dir=args.log_dir,
+        dtype=cfg.get("dtype", "float32"),
+    )
     write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
     print(f"[grpo] done: {len(result['history'])} steps logged, resumed from {result['resumed_from']}")
 

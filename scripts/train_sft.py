@@ -19,8 +19,17 @@ def main() -> None:
     cfg = cli.load_cfg(args)
     setup_runtime(cfg["seed"], args.threads)
     rows = sft_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
-    result = run_sft(resolve_model(args.model), rows, args.out, args.ckpt, cfg["sft"], cfg["seed"],
-                     use_lora=True, log_dir=args.log_dir, dtype=cfg.get("dtype", "float32"))
+    result = run_sft(
+        resolve_model(args.model),
+        rows,
+        args.out,
+        args.ckpt,
+        cfg["sft"],
+        cfg["seed"],
+        use_lora=True,
+        log_dir=args.log_dir,
+        dtype=cfg.get("dtype", "float32"),
+    )
     write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
     print(f"[sft] done: {len(result['history'])} log entries, resumed from {result['resumed_from']}")
 

@@ -84,7 +84,9 @@ def check_model_path(key: str, path: str | None) -> None:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-            raise ConfigError(f"config key {key}: hub id {path} is not in the local cache and HF_HUB_OFFLINE is set")
+            raise ConfigError(
+                f"config key {key}: hub id {path} is not in the local cache and HF_HUB_OFFLINE is set"
+            )
 
 
 def deep_merge(base: dict, override: dict | None) -> dict:

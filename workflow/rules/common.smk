@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).parent
+SCRIPTS = str(REPO / "scripts")
 sys.path.insert(0, str(REPO / "src"))
 
 from grpo_vqa.config import ConfigError, as_json, stage_config, validate_config  # noqa: E402
@@ -30,6 +31,7 @@ wildcard_constraints:
     dataset="|".join(config["datasets"]),
     stage="base|sft|grpo",
     trained="sft|grpo",
+    table="|".join(config["tables"]),
 
 
 def experiment(w):
@@ -96,4 +98,4 @@ def table_targets():
 
 
 def all_targets():
-    return table_targets()
+    return table_targets() + ["results/tables/alignment.md"]

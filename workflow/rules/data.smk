@@ -16,5 +16,5 @@ rule make_dataset:
         runtime=lambda w, attempt: 30 * attempt,
         mem_mb=4000,
     shell:
-        "python scripts/make_dataset.py --name {wildcards.dataset} --seed {params.seed}"
+        "python {SCRIPTS}/make_dataset.py --name {wildcards.dataset} --seed {params.seed}"
         " --config-json {params.cfg:q} --out {output} > {log} 2>&1"

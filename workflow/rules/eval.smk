@@ -31,6 +31,6 @@ rule evaluate:
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
-        "python scripts/evaluate.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "python {SCRIPTS}/evaluate.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --extra {params.extra} --out-dir {params.out_dir} --cache-dir {params.cache}"
         " > {log} 2>&1"

@@ -1,8 +1,10 @@
 # LLM-as-judge alignment scoring: judge each generated response, then tabulate per run/split/stage.
-# The rules run from the repo root; PYTHONPATH=src makes grpo_vqa importable inside envs/judge.yaml.
+# Scripts and prompts are found through the checkout (SCRIPTS, PROMPT_DIR); common.smk puts src/ on PYTHONPATH.
 import json
 
 from grpo_vqa.judge.prompts import resolve_prompt_path
+
+PROMPT_DIR = str(REPO / "config" / "judge_prompts")
 
 
 def _judge_human_labels(wildcards):
@@ -13,11 +15,11 @@ def _judge_human_labels(wildcards):
 rule judge_responses:
     input:
         responses="results/eval/{run}/{stage}/generated_responses_{split}.json",
-        prompt=lambda w: str(resolve_prompt_path(w.prompt, "config/judge_prompts")),
+        prompt=lambda w: str(resolve_prompt_path(w.prompt, PROMPT_DIR)),
     output:
         "results/judge/{run}/{stage}/{split}.{prompt}.jsonl",
     params:
-        cfg=lambda w: json.dumps(config["judge"]),
+        cfg=lambda w: as_json(config["judge"]),
         cache=lambda w: f"results/judge/.cache/{w.run}/{w.stage}/{w.split}",
     log:
         "results/logs/judge/{run}/{stage}/{split}.{prompt}.log",
@@ -34,9 +36,9 @@ rule judge_responses:
         runtime=lambda w: 20 if config["judge"]["backend"] == "rules" else 240,
         mem_mb=2000,
     shell:
-        "PYTHONPATH=src${{PYTHONPATH:+:$PYTHONPATH}} python scripts/judge_responses.py"
+        "python {SCRIPTS}/judge_responses.py"
         " --responses {input.responses} --output {output} --cache-dir {params.cache}"
-        " --prompt {wildcards.prompt} --prompt-dir config/judge_prompts"
+        " --prompt {wildcards.prompt} --prompt-dir {PROMPT_DIR}"
         " --run {wildcards.run} --stage {wildcards.stage} --split {wildcards.split}"
         " --config-json {params.cfg:q} > {log} 2>&1"
 
@@ -56,7 +58,7 @@ rule alignment_table:
         csv="results/tables/alignment.csv",
         fig="results/figures/alignment_confusion.png",
     params:
-        cfg=lambda w: json.dumps(config["judge"]),
+        cfg=lambda w: as_json(config["judge"]),
         labels=lambda w, input: f"--human-labels {input.labels[0]}" if input.labels else "",
     log:
         "results/logs/judge/alignment_table.log",
@@ -69,6 +71,6 @@ rule alignment_table:
         runtime=10,
         mem_mb=2000,
     shell:
-        "PYTHONPATH=src${{PYTHONPATH:+:$PYTHONPATH}} python scripts/alignment_table.py"
+        "python {SCRIPTS}/alignment_table.py"
         " --judged {input.judged} {params.labels} --out-md {output.md} --out-csv {output.csv}"
         " --out-fig {output.fig} --config-json {params.cfg:q} > {log} 2>&1"

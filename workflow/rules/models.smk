@@ -18,6 +18,6 @@ rule build_model:
         runtime=lambda w, attempt: 60 * attempt,
         mem_mb=8000,
     shell:
-        "python scripts/build_model.py --name {wildcards.model} --seed {params.seed} --threads {threads}"
+        "python {SCRIPTS}/build_model.py --name {wildcards.model} --seed {params.seed} --threads {threads}"
         " --config-json {params.cfg:q} --ref {output.ref} --model-dir {params.model_dir}"
         " --ckpt {params.ckpt} > {log} 2>&1"

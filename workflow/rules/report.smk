@@ -22,6 +22,6 @@ rule table:
         runtime=10,
         mem_mb=2000,
     shell:
-        "python scripts/make_table.py --name {wildcards.table} --config-json {params.cfg:q} --out {output.md}"
+        "python {SCRIPTS}/make_table.py --name {wildcards.table} --config-json {params.cfg:q} --out {output.md}"
         " --fig-dir {output.figures}"
         " > {log} 2>&1"

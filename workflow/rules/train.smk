@@ -21,7 +21,7 @@ rule sft:
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
-        "python scripts/train_sft.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "python {SCRIPTS}/train_sft.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
 
 
@@ -44,7 +44,7 @@ rule merge_lora:
         runtime=lambda w, attempt: 30 * attempt,
         mem_mb=train_mem,
     shell:
-        "python scripts/merge_lora.py --config-json {params.cfg:q} --threads {threads} --adapter {input}"
+        "python {SCRIPTS}/merge_lora.py --config-json {params.cfg:q} --threads {threads} --adapter {input}"
         " --out {output} > {log} 2>&1"
 
 
@@ -71,5 +71,5 @@ rule grpo:
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
-        "python scripts/train_grpo.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "python {SCRIPTS}/train_grpo.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"

@@ -14,7 +14,6 @@ from .relations import DIRECTIONAL, PROXIMITY, family, sample_relation_scene
 from .scenes import PALETTES, PLURALS, SHAPES, Scene, render
 
 
-
 def describe_counts(counts: dict[str, int]) -> str:
     """``I see 2 triangles, 1 circle and 3 squares.`` (shapes in a fixed order)."""
     parts = [f"{n} {shape if n == 1 else PLURALS[shape]}" for shape, n in counts.items()]
@@ -84,6 +83,6 @@ def tokenizer_corpus(seed: int, system_prompt: str | None = None, n_per_kind: in
                 texts += [it["problem"], it["reasoning"], it["solution"], it.get("caption", "")]
     if system_prompt:
         texts.append(system_prompt)
-    texts += [f"<think>{t}</think><answer>{a}</answer>" for t, a in zip(texts[:50], ["True", "False"] * 25)]
+    texts += [f"<think>{t}</think><answer>{a}</answer>" for t, a in zip(texts[:50], ["True", "False"] * 25, strict=True)]
     texts += ["True", "False", "Yes", "No", "0 1 2 3 4 5 6 7 8 9", "A B C D E", "A. B. C. D. E."]
     return [t for t in texts if t]

@@ -87,9 +87,7 @@ def make_grounding_items(cfg: dict, split: str, n: int, seed: int, name: str) ->
         ref, candidates = objs[0], objs[1:]
         rel = rng.choice(DIRECTIONAL)
         hits = [o for o in candidates if seen_relation(o, ref, DIRECTIONAL, size) == rel]
-        clear_misses = [
-            o for o in candidates if seen_relation(o, ref, DIRECTIONAL, size) not in (rel, None)
-        ]
+        clear_misses = [o for o in candidates if seen_relation(o, ref, DIRECTIONAL, size) not in (rel, None)]
         if len(hits) != 1 or len(clear_misses) != len(candidates) - 1:
             continue
         answer = hits[0]

@@ -19,7 +19,9 @@ EXTRA_FIELDS = ("relation", "subj", "obj", "caption", "target_shape", "count", "
 
 def chat_prompts(processor, problems: list[str], system_prompt: str | None) -> list[str]:
     return [
-        processor.apply_chat_template(prompt_messages(p, system_prompt), add_generation_prompt=True, tokenize=False)
+        processor.apply_chat_template(
+            prompt_messages(p, system_prompt), add_generation_prompt=True, tokenize=False
+        )
         for p in problems
     ]
 
@@ -99,8 +101,10 @@ def evaluate_split(
             images = [load_image(r["image_path"]) for r in batch]
             if blank:
                 images = [blank_like(im) for im in images]
-            outs = generate_batch(model, processor, images, [r["problem"] for r in batch], system_prompt, max_new_tokens)
-            for r, text in zip(batch, outs):
+            outs = generate_batch(
+                model, processor, images, [r["problem"] for r in batch], system_prompt, max_new_tokens
+            )
+            for r, text in zip(batch, outs, strict=True):
                 rec = score_record(r, strip_special(text, processor))
                 done[rec["id"]] = rec
                 fh.write(json.dumps(rec) + "\n")

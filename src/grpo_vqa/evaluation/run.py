@@ -26,7 +26,9 @@ def model_fingerprint(model_path: str, cfg: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def evaluation_sets(data_dir: str, splits: list[str], extra: dict[str, str], blank_probe: bool) -> list[tuple]:
+def evaluation_sets(
+    data_dir: str, splits: list[str], extra: dict[str, str], blank_probe: bool
+) -> list[tuple]:
     """(name, dataset dir, split, blank) for everything one evaluation job covers."""
     sets = [(s, data_dir, s, False) for s in splits]
     if blank_probe:

@@ -9,7 +9,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
+STYLE = {
+    "figure.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 
 
 def _save(fig, path: str | Path) -> None:
@@ -26,7 +32,9 @@ def grpo_curves(histories: dict[str, list[dict]], path: str | Path) -> None:
         for name, hist in histories.items():
             steps = [h.get("step", i + 1) for i, h in enumerate(hist)]
             axes[0].plot(steps, [h.get("reward") for h in hist], label=name)
-            for key in sorted({k for h in hist for k in h if k.startswith("rewards/") and k.endswith("/mean")}):
+            for key in sorted(
+                {k for h in hist for k in h if k.startswith("rewards/") and k.endswith("/mean")}
+            ):
                 comp = key.split("/")[1]
                 axes[1].plot(steps, [h.get(key) for h in hist], label=f"{name}: {comp}")
             if any("kl" in h for h in hist):

@@ -31,7 +31,9 @@ def build_vsr_main(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> 
     figures.grpo_curves({e: read_json(p) for e, p in hist_paths.items()}, rewards_png)
     rel_png = Path(fig_dir) / "accuracy_by_relation.png"
     groups = {
-        f"{e} {s}": {k: v["accuracy"] for k, v in scores[(e, s)]["splits"]["test"].get("by_relation", {}).items()}
+        f"{e} {s}": {
+            k: v["accuracy"] for k, v in scores[(e, s)]["splits"]["test"].get("by_relation", {}).items()
+        }
         for e in exps
         for s in ("sft", "grpo")
     }

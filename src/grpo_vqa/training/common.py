@@ -26,6 +26,14 @@ def setup_runtime(seed: int, threads: int | None) -> None:
     torch.manual_seed(seed)
 
 
+def tensorboard_to(log_dir: str | Path | None) -> list[str]:
+    """``report_to`` for the trainers; TensorBoard writes under ``log_dir`` (transformers reads the env var)."""
+    if not log_dir:
+        return []
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
+    return ["tensorboard"]
+
+
 def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
     """Conversational prompt with one image before the question (the chat template places it)."""
     messages = []
@@ -42,13 +50,17 @@ def target_text(reasoning: str, solution: str) -> str:
 
 def with_images(ds, blank: bool = False):
     """Add an ``image`` column decoded from ``image_path`` (every file checked; errors name the file)."""
+    import datasets
+
     from ..data.scenes import blank_like
 
     images = []
     for path in ds["image_path"]:
         img = load_image(path)
         images.append(blank_like(img) if blank else img)
-    return ds.add_column("image", images)
+    features = ds.features.copy()
+    features["image"] = datasets.Image()
+    return datasets.Dataset.from_dict(ds.to_dict() | {"image": images}, features=features)
 
 
 def lora_config(cfg: dict, task_type: str = "CAUSAL_LM"):

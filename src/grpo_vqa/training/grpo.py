@@ -17,6 +17,7 @@ from .common import (
     make_complete_marker_callback,
     prompt_messages,
     replace_dir,
+    tensorboard_to,
     with_images,
 )
 
@@ -56,11 +57,11 @@ def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | 
         save_strategy="steps",
         save_steps=int(cfg.get("save_steps", 20)),
         save_total_limit=2,
-        report_to=["tensorboard"] if log_dir else [],
-        logging_dir=str(log_dir) if log_dir else None,
+        report_to=tensorboard_to(log_dir),
         seed=seed,
         data_seed=seed,
-        bf16=dtype == "bfloat16",
+        bf16=dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX
+        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         remove_unused_columns=False,

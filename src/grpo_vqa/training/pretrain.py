@@ -25,7 +25,9 @@ def pretrain_rows(n: int, seed: int, size: int):
     return datasets.Dataset.from_list(rows)
 
 
-def warm_start(model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path, cfg: dict, seed: int, size: int):
+def warm_start(
+    model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path, cfg: dict, seed: int, size: int
+):
     """Pretrain ``model_dir`` for ``cfg['steps']`` steps and save the full model to ``out_dir``."""
     train_cfg = {
         "max_steps": int(cfg["steps"]),

@@ -18,6 +18,7 @@ from .common import (
     prompt_messages,
     replace_dir,
     target_text,
+    tensorboard_to,
     with_images,
 )
 
@@ -69,18 +70,18 @@ def run_sft(
         per_device_train_batch_size=int(cfg["batch_size"]),
         gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
         lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
-        warmup_ratio=float(cfg.get("warmup_ratio", 0.0)),
+        warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
         max_length=None,  # a length limit could cut image tokens
         completion_only_loss=True,
         logging_steps=max(1, int(cfg["max_steps"]) // 25),
         save_strategy="steps",
         save_steps=int(cfg.get("save_steps", 50)),
         save_total_limit=2,
-        report_to=["tensorboard"] if log_dir else [],
-        logging_dir=str(log_dir) if log_dir else None,
+        report_to=tensorboard_to(log_dir),
         seed=seed,
         data_seed=seed,
-        bf16=dtype == "bfloat16",
+        bf16=dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX
+        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         use_cpu=not _cuda(),
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -50,7 +50,7 @@ def xywh_to_xyxy(box: list, where: str) -> list[float]:
     if not isinstance(box, list | tuple) or len(box) != 4 or not all(isinstance(v, int | float) for v in box):
         raise DataError(f"{where}: entity box {box!r} is not [x, y, w, h]")
     x, y, w, h = (float(v) for v in box)
-    return [x, y, w, h]
+    return [x, y, x + w, y + h]
 
 
 def reasoning_with_boxes(text: str) -> str:

@@ -1,0 +1,648 @@
+"""GRPO rollout benchmark on one GPU: TRL's generate path vs the fast engine, Qwen2.5-VL-3B dims, random weights.
+
+Subcommands (run on the device machine):
+  micro   correctness + microbenchmarks: decode ms/step at batch 32/64 vs the weight+KV bandwidth floor, prefill
+          of 32 image prompts, bf16 teacher-forced agreement with transformers, SmolVLM KV-cache parity/speed.
+  grpo    whole GRPO steps of one configuration in this process (``--setting trl_default|trl_tuned|fast``).
+  all     every configuration, each in a fresh process, within ``--budget`` seconds; writes one JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from grpo_vqa.rollout.synthetic import QWEN2_5_VL_3B, image_prompts, qwen2_5_vl_config  # noqa: E402
+
+QUESTIONS = [
+    "What color is the car in the picture?",
+    "How many people are standing near the door?",
+    "What is written on the sign?",
+    "Which animal is shown in the image?",
+    "Is the light on or off?",
+    "What shape is the table?",
+]
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate (bytes read + written per second)."""
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    sync()
+    t = time.perf_counter()
+    for _ in range(20):
+        y.copy_(x)
+    sync()
+    return 2 * x.numel() * 20 / (time.perf_counter() - t)
+
+
+def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device="cuda"):
+    """Qwen2.5-VL-3B-dims model with random weights on the GPU (+ LoRA r16/alpha32 on q,v)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = qwen2_5_vl_config(dims or QWEN2_5_VL_3B)
+    if token_ids:
+        for key, value in token_ids.items():
+            setattr(config, key, value)
+        config.text_config.eos_token_id = token_ids.get("eos_token_id", config.text_config.eos_token_id)
+        config.text_config.pad_token_id = token_ids.get("pad_token_id", config.text_config.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
+        model = get_peft_model(model, cfg)
+        with torch.no_grad():  # a trained-looking adapter (PEFT starts B at zero)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.01)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- micro
+
+
+def decoder_bytes(model) -> int:
+    from grpo_vqa.rollout.engine import unwrap_hf_model
+
+    hf = unwrap_hf_model(model)
+    lm = hf.model.language_model
+    n = sum(p.numel() * p.element_size() for p in lm.layers.parameters())
+    n += sum(p.numel() * p.element_size() for p in lm.norm.parameters())
+    head = hf.get_output_embeddings().weight
+    return n + head.numel() * head.element_size()
+
+
+def micro(args) -> dict:
+    from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams
+    from grpo_vqa.rollout.engine import unwrap_hf_model
+    from grpo_vqa.rollout.synthetic import special_ids
+
+    res = {"device": device_name(), "torch": torch.__version__}
+    bw = copy_bandwidth()
+    res["copy_bandwidth_TBps"] = bw / 1e12
+    model = build_3b()
+    hf = unwrap_hf_model(model)
+    ids = special_ids(hf.config.text_config.vocab_size)
+    eos, pad = [ids["eos"]], ids["pad"]
+    g = torch.Generator().manual_seed(0)
+    hf_config = hf.config
+
+    def prompts(n, seed=0):
+        g.manual_seed(seed)
+        lens = [
+            (int(a), int(b))
+            for a, b in zip(
+                torch.randint(15, 25, (n,), generator=g), torch.randint(8, 16, (n,), generator=g), strict=True
+            )
+        ]
+        inp = image_prompts(hf_config, lens, (480, 640), generator=g)
+        return {k: v.cuda() for k, v in inp.items()}
+
+    engine = RolloutEngine(
+        model,
+        RolloutConfig(engine="fast"),
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        suppress_token_ids=[ids["image"]],
+    )
+    sp = SamplingParams(do_sample=True, temperature=1.0)
+    kv_per_token = 2 * hf.config.text_config.num_hidden_layers * engine.n_kv * engine.head_dim * 2
+    wbytes = decoder_bytes(model)
+    res["decoder_weight_bytes"] = wbytes
+    for batch in (32, 64):
+        inp = prompts(batch, seed=batch)
+        t0 = time.perf_counter()
+        engine.generate(
+            **{k: inp[k] for k in inp if k != "input_ids"},
+            input_ids=inp["input_ids"],
+            max_new_tokens=256,
+            sampling=sp,
+        )
+        first_call = time.perf_counter() - t0
+        runs = []
+        for _ in range(2):
+            engine.generate(
+                **{k: inp[k] for k in inp if k != "input_ids"},
+                input_ids=inp["input_ids"],
+                max_new_tokens=256,
+                sampling=sp,
+            )
+            runs.append(dict(engine.last_timings))
+        best = min(runs, key=lambda r: r["decode_s"])
+        step_ms = 1e3 * best["decode_s"] / best["decode_steps"]
+        plen = inp["input_ids"].shape[1]
+        static_len = next(iter(engine._slots))[1]
+        mean_len = plen + 128
+        floor_mean = (wbytes + batch * mean_len * kv_per_token) / bw * 1e3
+        floor_static = (wbytes + batch * static_len * kv_per_token) / bw * 1e3
+        res[f"decode_b{batch}"] = {
+            "ms_per_step": step_ms,
+            "floor_ms_mean_context": floor_mean,
+            "floor_ms_static_cache": floor_static,
+            "ratio_to_floor": step_ms / floor_mean,
+            "prompt_len": plen,
+            "static_cache_len": static_len,
+            "first_call_s_incl_compile_capture": first_call,
+            "prefill_s_deduped_distinct": best["prefill_s"],
+        }
+        print(json.dumps({f"decode_b{batch}": res[f"decode_b{batch}"]}), flush=True)
+    # prefill of 32 distinct image prompts (no dedupe possible), and of 32 rows = 8 prompts x 4 generations
+    inp = prompts(32, seed=1)
+    pre = []
+    for _ in range(3):
+        engine.generate(
+            **{k: inp[k] for k in inp if k != "input_ids"},
+            input_ids=inp["input_ids"],
+            max_new_tokens=1,
+            sampling=sp,
+        )
+        pre.append(engine.last_timings["prefill_s"])
+    res["prefill_32_distinct_s"] = min(pre)
+    plain = build_3b(lora=False)
+    x = prompts(8, seed=3)
+    with torch.no_grad():
+        sync()
+        t = time.perf_counter()
+        plain.model.get_image_features(x["pixel_values"], x["image_grid_thw"])
+        sync()
+        t_loop = time.perf_counter() - t
+        from grpo_vqa.rollout import install_batched_vision_attention
+
+        install_batched_vision_attention(plain)
+        plain.model.get_image_features(x["pixel_values"], x["image_grid_thw"])
+        sync()
+        t = time.perf_counter()
+        plain.model.get_image_features(x["pixel_values"], x["image_grid_thw"])
+        sync()
+        t_batched = time.perf_counter() - t
+    res["vision_8_images_s"] = {"per_window_loop": t_loop, "batched": t_batched}
+    del plain
+    torch.cuda.empty_cache()
+    print(
+        json.dumps(
+            {"prefill_32_distinct_s": res["prefill_32_distinct_s"], "vision": res["vision_8_images_s"]}
+        ),
+        flush=True,
+    )
+
+    # plain generate (TRL's backend) ms/step at batch 32, 32 new tokens
+    inp = prompts(32, seed=2)
+    hf.eval()
+    gen_kw = dict(
+        max_new_tokens=32,
+        min_new_tokens=32,
+        do_sample=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        suppress_tokens=[ids["image"]],
+    )
+    with torch.no_grad():
+        model.generate(**inp, **dict(gen_kw, max_new_tokens=4, min_new_tokens=4))
+        sync()
+        t = time.perf_counter()
+        model.generate(**inp, **dict(gen_kw, max_new_tokens=1, min_new_tokens=1))
+        sync()
+        t1 = time.perf_counter() - t
+        t = time.perf_counter()
+        model.generate(**inp, **gen_kw)
+        sync()
+        t32 = time.perf_counter() - t
+    res["hf_generate_b32_ms_per_step"] = 1e3 * (t32 - t1) / 31
+    print(json.dumps({"hf_generate_b32_ms_per_step": res["hf_generate_b32_ms_per_step"]}), flush=True)
+
+    # bf16 teacher forcing: the engine fed generate's greedy tokens vs transformers' full forward
+    inp = prompts(8, seed=4)
+    with torch.no_grad():
+        out = model.generate(
+            **inp,
+            max_new_tokens=64,
+            min_new_tokens=64,
+            do_sample=False,
+            pad_token_id=pad,
+            suppress_tokens=[ids["image"]],
+        )
+        tokens = out[:, inp["input_ids"].shape[1] :]
+        logits = engine.teacher_force(
+            inp["input_ids"],
+            inp["attention_mask"],
+            tokens,
+            pixel_values=inp["pixel_values"],
+            image_grid_thw=inp["image_grid_thw"],
+            mm_token_type_ids=inp["mm_token_type_ids"],
+        ).float()
+        full = torch.cat([inp["input_ids"], tokens], 1)
+        mask = torch.cat([inp["attention_mask"], torch.ones_like(tokens)], 1)
+        mm = torch.cat([inp["mm_token_type_ids"], torch.zeros_like(tokens)], 1)
+        ref = model(
+            input_ids=full,
+            attention_mask=mask,
+            mm_token_type_ids=mm,
+            pixel_values=inp["pixel_values"],
+            image_grid_thw=inp["image_grid_thw"],
+        ).logits
+        ref = ref[:, inp["input_ids"].shape[1] - 1 : -1].float()
+    rel = ((logits - ref).norm(dim=-1) / ref.norm(dim=-1)).mean(0)
+    top1 = (logits.argmax(-1) == tokens).float().mean(0)
+    top1_ref = (ref.argmax(-1) == tokens).float().mean(0)
+    res["teacher_forced_bf16"] = {
+        "rel_l2_mean": rel.mean().item(),
+        "rel_l2_max_step": rel.max().item(),
+        "top1_agreement_with_generate": top1.mean().item(),
+        "top1_agreement_full_forward_vs_generate": top1_ref.mean().item(),
+        "top1_engine_vs_full_forward": (logits.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+        "rel_l2_per_step": [round(v, 5) for v in rel.tolist()],
+        "top1_per_step": [round(v, 3) for v in top1.tolist()],
+    }
+    print(
+        json.dumps(
+            {
+                "teacher_forced_bf16": {
+                    k: v for k, v in res["teacher_forced_bf16"].items() if "per_step" not in k
+                }
+            }
+        ),
+        flush=True,
+    )
+    del engine, model, hf
+    torch.cuda.empty_cache()
+    res["smolvlm_kv_cache"] = smolvlm_cache()
+    print(json.dumps({"smolvlm_kv_cache": res["smolvlm_kv_cache"]}), flush=True)
+    return res
+
+
+def smolvlm_cache() -> dict:
+    """SmolVLM-256M dims (Idefics3), random weights: greedy with vs without the KV cache, tokens and speed."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    config = Idefics3Config(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": 49280,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
+            "pad_token_id": 2,
+            "bos_token_id": 1,
+            "eos_token_id": 49279,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 512,
+            "patch_size": 16,
+        },
+        image_token_id=49190,
+        scale_factor=4,
+        pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Idefics3ForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    n_img = (512 // 16) ** 2 // 16
+    g = torch.Generator().manual_seed(0)
+    rows = [
+        torch.randint(3, 49000, (20,), generator=g).tolist()
+        + [49190] * n_img
+        + torch.randint(3, 49000, (10 + i,), generator=g).tolist()
+        for i in range(16)
+    ]
+    width = max(map(len, rows))
+    ids = torch.full((16, width), 2, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    inp = {
+        "input_ids": ids.cuda(),
+        "attention_mask": mask.cuda(),
+        "pixel_values": torch.randn(16, 1, 3, 512, 512, generator=g).cuda().bfloat16(),
+    }
+    kw = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=2)
+    out = {}
+    with torch.no_grad():
+        for use_cache in (True, False):
+            model.generate(**inp, use_cache=use_cache, **dict(kw, max_new_tokens=4, min_new_tokens=4))
+            sync()
+            t = time.perf_counter()
+            out[use_cache] = (model.generate(**inp, use_cache=use_cache, **kw), time.perf_counter() - t)
+            sync()
+    a, b = out[True][0], out[False][0]
+    n = ids.shape[1]
+    same = (a[:, n:] == b[:, n:]).all(-1)
+    first_diff = [(int((a[i, n:] != b[i, n:]).nonzero()[0]) if not same[i] else 128) for i in range(16)]
+    return {
+        "batch": 16,
+        "new_tokens": 128,
+        "rows_identical": int(same.sum()),
+        "median_first_divergence_step": float(np.median(first_diff)),
+        "with_cache_s": out[True][1],
+        "without_cache_s": out[False][1],
+        "speedup": out[False][1] / out[True][1],
+    }
+
+
+# ------------------------------------------------------------------------------------------------- grpo
+
+
+def make_processor(corpus):
+    from transformers import Qwen2VLImageProcessorPil
+
+    from grpo_vqa.models.loading import make_qwen_processor
+    from grpo_vqa.models.tiny import QWEN2_5_VL_CHAT_TEMPLATE
+    from grpo_vqa.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(corpus, 1000, "qwen2_5_vl")
+    tok.padding_side = "left"
+    return make_qwen_processor(Qwen2VLImageProcessorPil(), tok, QWEN2_5_VL_CHAT_TEMPLATE)
+
+
+SETTINGS = {
+    # TRL's defaults: gradient checkpointing, the whole generation batch as one micro-batch
+    "trl_default": {"engine": "hf", "checkpointing": True, "micro": None},
+    # best plain TRL seen: checkpointing off, micro-batches of 8
+    "trl_tuned": {"engine": "hf", "checkpointing": False, "micro": 8},
+    "fast": {"engine": "fast", "checkpointing": False, "micro": 8},
+}
+
+
+def grpo(args) -> dict:
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import TrainerCallback
+    from trl import GRPOConfig
+
+    from grpo_vqa.rollout import RolloutConfig, grpo_trainer_class
+
+    setting = SETTINGS[args.setting]
+    rollouts, gens = args.rollouts, 4
+    micro = setting["micro"] or rollouts
+    micro = min(micro, rollouts)
+    accum = rollouts // micro
+    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
+    proc = make_processor(corpus)
+    tok = proc.tokenizer
+    token_ids = {
+        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
+        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
+        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    tiny = args.tiny
+    if tiny:  # CPU smoke test of this script
+        from grpo_vqa.rollout.synthetic import QWEN2_5_VL_TINY
+
+        dims = {**QWEN2_5_VL_TINY, "vocab_size": 1024}
+        model = build_3b(torch.float32, token_ids=token_ids, dims=dims, device="cpu")
+    else:
+        model = build_3b(token_ids=token_ids)
+    hw = (84, 112) if tiny else (480, 640)
+    n_prompts = (rollouts // gens) * (args.warmup + args.steps + 1)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)) for _ in range(n_prompts)]
+    ds = Dataset.from_dict(
+        {
+            "prompt": [
+                [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n_prompts)
+            ],
+            "image": images,
+        }
+    )
+
+    def reward(completions, **kw):
+        return [float("<answer>" in c[0]["content"]) + 0.01 * (len(c[0]["content"]) % 7) for c in completions]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0 = [], None
+
+        def on_step_begin(self, *a, **k):
+            sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync()
+            self.times.append(time.perf_counter() - self.t0)
+
+    cfg = GRPOConfig(
+        output_dir="/tmp/grpo_bench",
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
+        num_generations=gens,
+        max_completion_length=16 if tiny else 256,
+        bf16=not tiny,
+        use_cpu=tiny,
+        gradient_checkpointing=setting["checkpointing"],
+        learning_rate=1e-5,
+        max_steps=args.warmup + args.steps,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    kwargs = {}
+    if setting["engine"] == "fast":
+        kwargs["rollout_config"] = RolloutConfig(engine="fast", max_batch=64)
+    timer = Timer()
+    trainer = grpo_trainer_class(setting["engine"])(
+        model=model,
+        processing_class=proc,
+        reward_funcs=[reward],
+        args=cfg,
+        train_dataset=ds,
+        callbacks=[timer],
+        **kwargs,
+    )
+    gen_times = []
+    inner = trainer._generate_single_turn
+
+    def timed(*a, **k):
+        sync()
+        t = time.perf_counter()
+        r = inner(*a, **k)
+        sync()
+        gen_times.append(time.perf_counter() - t)
+        return r
+
+    trainer._generate_single_turn = timed
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - t
+    timed_steps = timer.times[args.warmup :]
+    step_s = float(np.mean(timed_steps))
+    lengths = [
+        h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h
+    ]
+    out = {
+        "setting": args.setting,
+        "rollouts_per_step": rollouts,
+        "micro_batch": micro,
+        "grad_accum": accum,
+        "gradient_checkpointing": setting["checkpointing"],
+        "engine": setting["engine"],
+        "steps_timed": len(timed_steps),
+        "warmup_steps": args.warmup,
+        "step_s": step_s,
+        "step_times_s": timer.times,
+        "generation_s": gen_times,
+        "rollouts_per_s": rollouts / step_s,
+        "peak_mem_GB": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+        "mean_completion_len": lengths,
+        "train_wall_s": total,
+        "device": device_name(),
+    }
+    if setting["engine"] == "fast":
+        out["engine_timings_last"] = trainer.rollout_engine.last_timings
+    return out
+
+
+def run_all(args) -> dict:
+    # (setting, rollouts/step, timed steps, rough process seconds on an H100, to fit the time budget)
+    plan = [
+        ("trl_default", 32, 2, 110),
+        ("fast", 32, 3, 60),
+        ("trl_tuned", 32, 2, 95),
+        ("fast", 64, 3, 70),
+        ("trl_tuned", 64, 2, 135),
+        ("fast", 16, 3, 50),
+        ("trl_tuned", 16, 2, 65),
+        ("trl_default", 16, 1, 130),
+        ("trl_default", 64, 1, 140),
+    ]
+    if args.only:
+        keep = set(args.only.split(","))
+        plan = [p for p in plan if f"{p[0]}_{p[1]}" in keep]
+    if args.existing and Path(args.existing).is_file():  # add to an earlier run's file (same machine)
+        previous = json.loads(Path(args.existing).read_text())
+    start = time.perf_counter()
+    results = {"device": device_name(), "torch": torch.__version__, "runs": {}}
+    if args.existing and Path(args.existing).is_file():
+        results["runs"].update(previous.get("runs", {}))
+    try:
+        import transformers
+        import trl
+
+        results.update(transformers=transformers.__version__, trl=trl.__version__)
+    except ImportError:
+        pass
+    out_path = Path(args.out)
+    for setting, rollouts, steps, estimate in plan:
+        name = f"{setting}_{rollouts}"
+        left = args.budget - (time.perf_counter() - start)
+        if left < estimate:
+            results["runs"][name] = {"skipped": "time budget"}
+            continue
+        cmd = [
+            sys.executable,
+            __file__,
+            "grpo",
+            "--setting",
+            setting,
+            "--rollouts",
+            str(rollouts),
+            "--steps",
+            str(steps),
+            "--out",
+            f"/tmp/{name}.json",
+        ] + (["--tiny"] if args.tiny else [])
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, timeout=left, capture_output=True, text=True)
+            if proc.returncode == 0:
+                results["runs"][name] = json.loads(Path(f"/tmp/{name}.json").read_text())
+            else:
+                results["runs"][name] = {"error": proc.stderr[-3000:]}
+        except subprocess.TimeoutExpired:
+            results["runs"][name] = {"error": "timeout"}
+        results["runs"][name]["process_wall_s"] = time.perf_counter() - t
+        r = results["runs"][name]
+        print(
+            f"{name}: {r.get('rollouts_per_s', r.get('error', '')[-400:] if 'error' in r else r)}", flush=True
+        )
+        results["ratios"] = ratios(results["runs"])
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def ratios(runs: dict) -> dict:
+    out = {}
+    for n in (16, 32, 64):
+        fast = runs.get(f"fast_{n}", {}).get("rollouts_per_s")
+        for base in ("trl_default", "trl_tuned"):
+            ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
+            if fast and ref:
+                out[f"fast_vs_{base}_{n}"] = fast / ref
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["micro", "grpo", "all"])
+    ap.add_argument("--setting", choices=sorted(SETTINGS), default="fast")
+    ap.add_argument("--rollouts", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=540.0)
+    ap.add_argument(
+        "--only", default="", help="comma-separated run names for 'all', e.g. fast_32,trl_tuned_32"
+    )
+    ap.add_argument("--out", default="")
+    ap.add_argument("--existing", default="", help="for 'all': JSON of an earlier run to extend")
+    ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (smoke test of the script)")
+    args = ap.parse_args()
+    if args.mode == "micro":
+        res = micro(args)
+    elif args.mode == "grpo":
+        res = grpo(args)
+    else:
+        args.out = args.out or f"bench/results/grpo_rollouts_{slug(device_name())}.json"
+        res = run_all(args)
+        print(json.dumps(res.get("ratios", {}), indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    if args.mode != "all":
+        print(json.dumps(res, indent=1)[-6000:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Per-generation caches of image work that GRPO repeats: preprocessing and (frozen) vision-encoder features.
+
+GRPO repeats each prompt ``num_generations`` times and TRL preprocesses the generation batch's images twice (once
+to generate, once for the log-prob forwards), then every log-prob forward runs the vision encoder again. With a
+frozen vision tower all of that is a function of the pixels alone, so each distinct image is processed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+
+def _image_key(image) -> tuple:
+    if hasattr(image, "tobytes"):
+        data = image.tobytes()
+        shape = (getattr(image, "mode", None), getattr(image, "size", None), getattr(image, "shape", None))
+    else:
+        arr = torch.as_tensor(image).contiguous()
+        data, shape = arr.numpy().tobytes(), (str(arr.dtype), tuple(arr.shape))
+    return (shape, hashlib.blake2b(data, digest_size=16).hexdigest())
+
+
+class ImageProcessorCache:
+    """Proxy of a Qwen2-VL image processor that preprocesses each distinct image once (same kwargs)."""
+
+    def __init__(self, base):
+        self._base = base
+        self._store: dict = {}
+        self.calls = 0
+        self.processed = 0
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    def __call__(self, images, **kwargs):
+        from transformers.feature_extraction_utils import BatchFeature
+        from transformers.image_utils import make_flat_list_of_images
+
+        self.calls += 1
+        flat = make_flat_list_of_images(images)
+        kwargs = {k: v for k, v in kwargs.items() if k != "return_tensors"}  # the output is torch either way
+        opts = repr(sorted((k, repr(v)) for k, v in kwargs.items()))
+        keys = [(_image_key(img), opts) for img in flat]
+        todo = {}
+        for img, key in zip(flat, keys, strict=True):
+            if key not in self._store and key not in todo:
+                todo[key] = img
+        if todo:
+            out = self._base(list(todo.values()), return_tensors="pt", **kwargs)
+            if set(out.keys()) != {"pixel_values", "image_grid_thw"}:
+                return self._base(images, return_tensors="pt", **kwargs)  # a layout this cache does not know
+            grids = torch.as_tensor(out["image_grid_thw"])
+            pixels = torch.as_tensor(out["pixel_values"]).split(grids.prod(-1).tolist())
+            for key, grid, pix in zip(todo, grids, pixels, strict=True):
+                self._store[key] = (pix, grid)
+            self.processed += len(todo)
+        data = {
+            "pixel_values": torch.cat([self._store[k][0] for k in keys]),
+            "image_grid_thw": torch.stack([self._store[k][1] for k in keys]),
+        }
+        return BatchFeature(data, tensor_type="pt")
+
+
+class ImageFeatureCache:
+    """Memo of ``Qwen2_5_VLModel.get_image_features`` per distinct image, valid while the vision tower is frozen.
+
+    Images are keyed by their grid and a content fingerprint computed on the device (one host sync per call).
+    ``clear()`` starts a new generation batch.
+    """
+
+    def __init__(self, inner: nn.Module):
+        self.inner = inner
+        self.original = inner.get_image_features
+        self._store: dict = {}
+        self._frozen = True
+        self._weights: dict = {}
+        self.hits = 0
+        self.misses = 0
+        inner.get_image_features = self
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._frozen = not any(p.requires_grad for p in self.inner.visual.parameters())
+
+    def _fingerprints(self, chunks: list[torch.Tensor]) -> list[tuple]:
+        width = chunks[0].shape[-1]
+        dev = chunks[0].device
+        if (width, dev) not in self._weights:
+            g = torch.Generator().manual_seed(1234)
+            self._weights[(width, dev)] = torch.rand(width, generator=g, dtype=torch.float64).to(dev)
+        w = self._weights[(width, dev)]
+        vals = []
+        for c in chunks:
+            rows = c.double() @ w
+            pos = torch.arange(1, rows.numel() + 1, device=dev, dtype=torch.float64)
+            vals.append(torch.stack([rows.sum(), (rows * pos.sqrt()).sum(), c.double().abs().sum()]))
+        return [tuple(v) for v in torch.stack(vals).tolist()]
+
+    def __call__(self, pixel_values, image_grid_thw=None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if not self._frozen or image_grid_thw is None or kwargs.get("output_hidden_states"):
+            return self.original(pixel_values, image_grid_thw, **kwargs)
+        chunks = list(pixel_values.split(image_grid_thw.prod(-1).tolist()))
+        keys = [
+            (tuple(g), fp) for g, fp in zip(image_grid_thw.tolist(), self._fingerprints(chunks), strict=True)
+        ]
+        miss = [i for i, k in enumerate(keys) if k not in self._store]
+        seen = set()
+        miss = [i for i in miss if not (keys[i] in seen or seen.add(keys[i]))]
+        if miss:
+            idx = torch.tensor(miss, device=image_grid_thw.device)
+            out = self.original(torch.cat([chunks[i] for i in miss]), image_grid_thw[idx], **kwargs)
+            for i, emb in zip(miss, out.pooler_output, strict=True):
+                self._store[keys[i]] = emb.detach()
+        self.misses += len(miss)
+        self.hits += len(keys) - len(miss)
+        return BaseModelOutputWithPooling(pooler_output=tuple(self._store[k] for k in keys))

@@ -1,0 +1,75 @@
+"""Configuration of the rollout engine (the ``rollout:`` block of a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+ENGINES = ("hf", "fast")
+
+
+@dataclass
+class RolloutConfig:
+    """How GRPO rollouts are generated.
+
+    Fields:
+        engine: ``"hf"`` (TRL's ``transformers.generate`` path) or ``"fast"`` (``RolloutEngine``).
+        max_batch: most rows decoded together; a larger generation batch is decoded in chunks of this size.
+        prefill_batch: most unique prompts prefilled by one forward of the full model.
+        compile: ``torch.compile`` the per-layer decode step (``None``: on CUDA only).
+        cuda_graph: capture the one-token decode step in a CUDA graph (``None``: on CUDA only).
+        length_bucket: the static KV cache length is rounded up to a multiple of this, so that prompt lengths
+            that differ a little reuse one captured graph.
+        dedupe_prompts: prefill each distinct (prompt, image) once and copy its KV cache to the rows that
+            repeat it (GRPO repeats every prompt ``num_generations`` times).
+        batched_vision_attention: run the Qwen2.5-VL vision encoder's windowed attention as one batched call
+            per layer (in rollouts and in the trainer's log-prob forwards) instead of one call per window.
+        cache_images: within one generation batch, preprocess each distinct image once (TRL processes the batch
+            twice) and, while the vision tower is frozen, encode it once (rollout prefill and every log-prob
+            forward reuse the features).
+        cache_dataset_rows: fetch each generation batch's dataset rows (and decode their images) once per
+            generation instead of at every gradient-accumulation step.
+        check_eos_every: decode steps between checks (a device sync) of whether every row has stopped.
+    """
+
+    engine: str = "hf"
+    max_batch: int = 64
+    prefill_batch: int = 32
+    compile: bool | None = None
+    cuda_graph: bool | None = None
+    length_bucket: int = 64
+    dedupe_prompts: bool = True
+    batched_vision_attention: bool = True
+    cache_images: bool = True
+    cache_dataset_rows: bool = True
+    check_eos_every: int = 16
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
+        for name in ("max_batch", "prefill_batch", "length_bucket", "check_eos_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> RolloutConfig:
+        """Build from a config mapping; unknown keys are an error."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown rollout config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for provenance records)."""
+        return asdict(self)
+
+    def resolved(self, device_type: str) -> RolloutConfig:
+        """Copy with ``compile``/``cuda_graph`` defaults filled in for ``device_type``."""
+        on_cuda = device_type == "cuda"
+        data = self.to_dict()
+        data["compile"] = on_cuda if self.compile is None else bool(self.compile)
+        data["cuda_graph"] = on_cuda if self.cuda_graph is None else bool(self.cuda_graph)
+        if data["cuda_graph"] and not on_cuda:
+            raise ValueError("rollout.cuda_graph needs a CUDA device")
+        return RolloutConfig(**data)

@@ -1,0 +1,698 @@
+"""Fast rollouts for Qwen2.5-VL: full-model prefill, then a static-KV one-token decode step in a CUDA graph.
+
+Prefill runs the Hugging Face model (vision encoder, LoRA and M-RoPE included) once per distinct prompt and copies
+its KV cache into a static cache. Decode runs the language model functionally over the live parameter tensors
+(LoRA adapters applied inside the step, so optimizer updates are picked up without re-capture): grouped-query
+attention keeps one KV head per group by folding the group's query heads into the query length. The step
+(embedding, layers, head, sampling, EOS bookkeeping) reads and writes only static buffers, so on CUDA it is
+captured once per (batch, cache length) and replayed; each layer can be ``torch.compile``-d (one graph shared by
+all layers). On CPU the same step runs eagerly, which is what the tests compare against ``generate``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grpo_vqa.rollout.config import RolloutConfig
+from grpo_vqa.rollout.vision import install_batched_vision_attention
+
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Token selection: greedy (``do_sample=False``) or sampling with temperature / top-k / top-p / min-p."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float | None = None
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass
+class RolloutOutput:
+    """Completions of one ``generate`` call.
+
+    ``tokens`` (B, T) hold each completion up to and including its EOS, then ``pad_token_id``; ``lengths`` (B,)
+    count the tokens kept; ``logprobs`` (B, T) are log-softmax(logits / temperature) of the chosen tokens (the
+    quantity the GRPO trainer recomputes; 0 after the end).
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    logprobs: torch.Tensor
+    timings: dict = field(default_factory=dict)
+
+    def completion_lists(self) -> tuple[list[list[int]], list[list[float]]]:
+        """Per-row token ids and log-probs as Python lists, cut at each row's length."""
+        toks, lps, lens = self.tokens.tolist(), self.logprobs.tolist(), self.lengths.tolist()
+        return [t[:n] for t, n in zip(toks, lens, strict=True)], [
+            p[:n] for p, n in zip(lps, lens, strict=True)
+        ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Functional decoder pieces (shared by the eager and the compiled / graphed step)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def _linear(x: torch.Tensor, lin: tuple) -> torch.Tensor:
+    weight, bias, loras = lin
+    y = F.linear(x, weight, bias)
+    for lora_a, lora_b, scale in loras:
+        # PEFT: adapter in its own dtype, added in the wider dtype, then cast back
+        y = (y + F.linear(F.linear(x.to(lora_a.dtype), lora_a), lora_b) * scale).to(y.dtype)
+    return y
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _decoder_layer(h, cos, sin, k_cache, v_cache, slot, key_mask, weights, dims):
+    """One decoder layer for one new token per row; writes its K/V at cache index ``slot``."""
+    n_kv, groups, head_dim, eps = dims
+    ln1, q_lin, k_lin, v_lin, o_lin, ln2, gate, up, down = weights
+    batch = h.shape[0]
+    x = _rms_norm(h, ln1, eps)
+    # query heads h = kv * groups + g: fold each KV head's query heads into the query length
+    q = _linear(x, q_lin).view(batch, n_kv, groups, head_dim)
+    k = _linear(x, k_lin).view(batch, n_kv, 1, head_dim)
+    v = _linear(x, v_lin).view(batch, n_kv, 1, head_dim)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    k_cache[:, :, slot] = k  # index_put_: updated in place, also under torch.compile
+    v_cache[:, :, slot] = v
+    attn = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=key_mask)
+    h = h + _linear(attn.reshape(batch, n_kv * groups * head_dim), o_lin)
+    x = _rms_norm(h, ln2, eps)
+    return h + _linear(F.silu(_linear(x, gate)) * _linear(x, up), down)
+
+
+def select_tokens(logits: torch.Tensor, sp: SamplingParams, suppress: torch.Tensor | None):
+    """Choose one token per row from fp32 ``logits`` (B, V); return (tokens, log-prob under logits / T)."""
+    scaled = logits / sp.temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    if suppress is not None:
+        scaled = scaled.index_fill(1, suppress, float("-inf"))
+    if not sp.do_sample:
+        tokens = scaled.argmax(dim=-1)
+    else:
+        neg_inf = float("-inf")
+        if sp.top_k and sp.top_k < scaled.shape[-1]:
+            kth = torch.topk(scaled, sp.top_k, dim=-1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < kth, neg_inf)
+        if sp.top_p < 1.0:
+            sorted_logits, order = torch.sort(scaled, dim=-1)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop = cum <= 1 - sp.top_p
+            drop[:, -1] = False
+            scaled = scaled.scatter(1, order, sorted_logits.masked_fill(drop, neg_inf))
+        probs = scaled.softmax(dim=-1)
+        if sp.min_p:
+            probs = probs.masked_fill(probs < probs.amax(dim=-1, keepdim=True) * sp.min_p, 0.0)
+        # Gumbel-max in exponential form: argmax p / E, E ~ Exp(1); no host sync, graph-safe RNG
+        noise = torch.empty_like(probs).exponential_()
+        tokens = (probs / noise).argmax(dim=-1)
+    return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _linear_parts(module: nn.Module) -> tuple:
+    """(weight, bias, loras) of an ``nn.Linear`` or a PEFT LoRA ``Linear``; loras = ((A, B, scale), ...)."""
+    loras = []
+    base = module
+    if hasattr(module, "lora_A") and hasattr(module, "get_base_layer"):
+        base = module.get_base_layer()
+        if not module.disable_adapters and not module.merged:
+            for name in module.active_adapters:
+                if name not in module.lora_A:
+                    continue
+                if name in getattr(module, "lora_variant", {}) or module.lora_bias.get(name, False):
+                    raise NotImplementedError("the fast rollout engine supports plain LoRA adapters only")
+                loras.append(
+                    (
+                        module.lora_A[name].weight.detach(),
+                        module.lora_B[name].weight.detach(),
+                        float(module.scaling[name]),
+                    )
+                )
+    if not isinstance(base, nn.Linear):
+        raise TypeError(f"expected a Linear layer, got {type(base).__name__}")
+    bias = None if base.bias is None else base.bias.detach()
+    return base.weight.detach(), bias, tuple(loras)
+
+
+def unwrap_hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model under PEFT / accelerate wrappers (LoRA layers stay injected)."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+class _Slot:
+    """Static buffers (and the captured graph) for one (batch, cache length)."""
+
+    def __init__(
+        self, batch: int, length: int, max_new: int, layers: int, n_kv: int, head_dim: int, dtype, device
+    ):
+        def z(*shape, dtype=torch.long):
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.batch, self.length, self.max_new = batch, length, max_new
+        self.k = [z(batch, n_kv, length, head_dim, dtype=dtype) for _ in range(layers)]
+        self.v = [z(batch, n_kv, length, head_dim, dtype=dtype) for _ in range(layers)]
+        self.key_valid = z(batch, length, dtype=torch.bool)
+        self.token = z(batch)
+        self.pos = z(batch)
+        self.slot = z(1)
+        self.step = z(1)
+        self.done = z(batch, dtype=torch.bool)
+        self.lengths = z(batch)
+        self.out_tokens = z(batch, max_new)
+        self.out_logprobs = z(batch, max_new, dtype=torch.float32)
+        self.keep_logits = False
+        self.logits = None
+        self.graph = None
+        self.signature = None
+
+
+class RolloutEngine:
+    """Generate completions for left-padded multimodal prompts with a Qwen2.5-VL model (LoRA-aware)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RolloutConfig | None = None,
+        *,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        suppress_token_ids: list[int] | None = None,
+    ):
+        self.model = unwrap_hf_model(model)
+        cfg = self.model.config
+        if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+            raise NotImplementedError(
+                f"fast rollouts support {SUPPORTED_MODEL_TYPES}, not {cfg.model_type!r}"
+            )
+        self.text_config = cfg.get_text_config()
+        if self.text_config.hidden_act != "silu":
+            raise NotImplementedError("fast rollouts expect a SiLU MLP")
+        self.device = next(self.model.parameters()).device
+        self.config = (config or RolloutConfig(engine="fast")).resolved(self.device.type)
+        self.eos_token_ids = [int(t) for t in eos_token_ids]
+        self.pad_token_id = int(pad_token_id)
+        self.suppress_token_ids = [int(t) for t in (suppress_token_ids or [])]
+        self.inner = self.model.model  # Qwen2_5_VLModel
+        self.lm = self.inner.language_model
+        self.n_heads = self.text_config.num_attention_heads
+        self.n_kv = self.text_config.num_key_value_heads
+        self.head_dim = self.text_config.hidden_size // self.n_heads
+        self.dims = (
+            self.n_kv,
+            self.n_heads // self.n_kv,
+            self.head_dim,
+            float(self.text_config.rms_norm_eps),
+        )
+        if self.config.batched_vision_attention:
+            install_batched_vision_attention(self.model)
+        self._layer_fn = _decoder_layer
+        if self.config.compile:
+            self._layer_fn = torch.compile(_decoder_layer, fullgraph=True, dynamic=False)
+        self._slots: dict[tuple[int, int, int], _Slot] = {}
+        self._sp: SamplingParams | None = None
+        self._eos = torch.tensor(self.eos_token_ids, device=self.device)
+        self._suppress = (
+            torch.tensor(self.suppress_token_ids, device=self.device) if self.suppress_token_ids else None
+        )
+        self.last_timings: dict = {}
+
+    # ---------------------------------------------------------------- weights
+
+    def _weights(self):
+        layers = []
+        for layer in self.lm.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            layers.append(
+                (
+                    layer.input_layernorm.weight.detach(),
+                    _linear_parts(att.q_proj),
+                    _linear_parts(att.k_proj),
+                    _linear_parts(att.v_proj),
+                    _linear_parts(att.o_proj),
+                    layer.post_attention_layernorm.weight.detach(),
+                    _linear_parts(mlp.gate_proj),
+                    _linear_parts(mlp.up_proj),
+                    _linear_parts(mlp.down_proj),
+                )
+            )
+        head = _linear_parts(self.model.get_output_embeddings())
+        return {
+            "embed": self.lm.embed_tokens.weight.detach(),
+            "layers": layers,
+            "norm": self.lm.norm.weight.detach(),
+            "head": head,
+            "inv_freq": self.lm.rotary_emb.inv_freq,
+            "rope_scale": float(getattr(self.lm.rotary_emb, "attention_scaling", 1.0)),
+        }
+
+    @staticmethod
+    def _signature(weights) -> tuple:
+        out = []
+
+        def visit(obj):
+            if isinstance(obj, torch.Tensor):
+                out.append((obj.data_ptr(), tuple(obj.shape), obj.dtype))
+            elif isinstance(obj, (tuple, list)):
+                out.append(len(obj))
+                for item in obj:
+                    visit(item)
+            elif isinstance(obj, dict):
+                for key in sorted(obj):
+                    visit(obj[key])
+            else:
+                out.append(obj)
+
+        visit(weights)
+        return tuple(out)
+
+    # ---------------------------------------------------------------- decode step
+
+    def _step(self, s: _Slot, w: dict, sp: SamplingParams) -> None:
+        """Feed ``s.token`` (at position ``s.pos``, cache index ``s.slot``); choose the next token into buffers."""
+        h = F.embedding(s.token, w["embed"])
+        freqs = s.pos[:, None].float() * w["inv_freq"][None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * w["rope_scale"]).to(h.dtype)[:, None, None, :]
+        sin = (emb.sin() * w["rope_scale"]).to(h.dtype)[:, None, None, :]
+        s.key_valid.index_fill_(1, s.slot, True)
+        key_mask = s.key_valid[:, None, None, :]
+        for i, lw in enumerate(w["layers"]):
+            h = self._layer_fn(h, cos, sin, s.k[i], s.v[i], s.slot, key_mask, lw, self.dims)
+        h = _rms_norm(h, w["norm"], self.dims[3])
+        logits = _linear(h, w["head"]).float()
+        if s.keep_logits:
+            s.logits.copy_(logits)
+        self._emit(s, logits, sp)
+        s.pos.add_(1)
+        s.slot.add_(1)
+
+    def _emit(self, s: _Slot, logits: torch.Tensor, sp: SamplingParams) -> None:
+        tokens, logp = select_tokens(logits, sp, self._suppress)
+        tokens = torch.where(s.done, self.pad_token_id, tokens)
+        logp = torch.where(s.done, 0.0, logp)
+        s.out_tokens.index_copy_(1, s.step, tokens[:, None])
+        s.out_logprobs.index_copy_(1, s.step, logp[:, None])
+        newly = torch.isin(tokens, self._eos) & ~s.done
+        s.lengths.copy_(torch.where(newly, s.step + 1, s.lengths))
+        s.done.logical_or_(newly)
+        s.token.copy_(tokens)
+        s.step.add_(1)
+
+    def _get_slot(self, batch: int, length: int, max_new: int, w: dict, sp: SamplingParams) -> _Slot:
+        key = (batch, length, max_new)
+        slot = self._slots.get(key)
+        if slot is None:
+            self._slots.clear()  # keep one set of static buffers alive
+            dtype = w["embed"].dtype
+            slot = _Slot(
+                batch, length, max_new, len(w["layers"]), self.n_kv, self.head_dim, dtype, self.device
+            )
+            self._slots[key] = slot
+        if self.config.cuda_graph:
+            sig = (self._signature(w), sp)
+            if slot.graph is None or slot.signature != sig:
+                self._capture(slot, w, sp)
+                slot.signature = sig
+        return slot
+
+    def _capture(self, s: _Slot, w: dict, sp: SamplingParams) -> None:
+        s.graph = None
+        s.key_valid.fill_(True)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # compile + warm up outside the capture
+                s.slot.zero_()
+                s.step.zero_()
+                self._step(s, w, sp)
+        torch.cuda.current_stream().wait_stream(stream)
+        s.slot.zero_()
+        s.step.zero_()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(s, w, sp)
+        s.graph = graph
+
+    # ---------------------------------------------------------------- prefill
+
+    @staticmethod
+    def _images_per_row(input_ids, image_token_id, image_grid_thw, merge) -> list[int]:
+        """How many images each row holds, from its image-token count and the per-image token counts."""
+        if image_grid_thw is None:
+            return [0] * input_ids.shape[0]
+        per_image = (image_grid_thw.prod(-1) // merge**2).tolist()
+        counts = (input_ids == image_token_id).sum(-1).tolist()
+        out, j = [], 0
+        for n in counts:
+            k = 0
+            while n > 0:
+                if j >= len(per_image):
+                    raise ValueError("more image tokens than image_grid_thw describes")
+                n -= per_image[j]
+                j += 1
+                k += 1
+            if n != 0:
+                raise ValueError("image tokens of a row do not match whole images")
+            out.append(k)
+        if j != len(per_image):
+            raise ValueError("image_grid_thw describes more images than the prompts hold")
+        return out
+
+    def _unique_rows(self, input_ids, attention_mask, pixel_values, image_grid_thw, n_images):
+        """Map each row to a representative row with the same prompt tokens and pixels."""
+        batch = input_ids.shape[0]
+        if not self.config.dedupe_prompts:
+            return list(range(batch)), list(range(batch))
+        img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
+        patches = [0]
+        if image_grid_thw is not None:
+            patches += image_grid_thw.prod(-1).cumsum(0).tolist()
+        rows = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids, attention_mask, strict=True)]
+        reps: list[int] = []
+        mapping: list[int] = []
+        for b in range(batch):
+            found = None
+            for u, r in enumerate(reps):
+                if rows[r] != rows[b] or n_images[r] != n_images[b]:
+                    continue
+                if n_images[b]:
+                    pr = pixel_values[patches[img_start[r]] : patches[img_start[r + 1]]]
+                    pb = pixel_values[patches[img_start[b]] : patches[img_start[b + 1]]]
+                    if pr.shape != pb.shape or not torch.equal(pr, pb):
+                        continue
+                found = u
+                break
+            if found is None:
+                reps.append(b)
+                found = len(reps) - 1
+            mapping.append(found)
+        return reps, mapping
+
+    @torch.no_grad()
+    def _prefill(
+        self, rows, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, n_images
+    ):
+        """Run the full model on ``rows``; return (per-layer K, per-layer V, last logits, first decode positions)."""
+        img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
+        patches = [0]
+        if image_grid_thw is not None:
+            patches += image_grid_thw.prod(-1).cumsum(0).tolist()
+        idx = torch.tensor(rows, device=input_ids.device)
+        ids, mask = input_ids[idx], attention_mask[idx]
+        kwargs = {}
+        if image_grid_thw is not None:
+            img_idx = [i for r in rows for i in range(img_start[r], img_start[r + 1])]
+            if img_idx:
+                kwargs["pixel_values"] = torch.cat(
+                    [pixel_values[patches[i] : patches[i + 1]] for i in img_idx]
+                )
+                kwargs["image_grid_thw"] = image_grid_thw[torch.tensor(img_idx, device=image_grid_thw.device)]
+        if mm_token_type_ids is None:
+            cfg = self.model.config
+            mm_token_type_ids = (input_ids == cfg.image_token_id).long() + 2 * (
+                input_ids == cfg.video_token_id
+            ).long()
+        mm = mm_token_type_ids[idx]
+        if "image_grid_thw" in kwargs:
+            position_ids, deltas = self.inner.get_rope_index(
+                ids, mm, image_grid_thw=kwargs["image_grid_thw"], attention_mask=mask
+            )
+            first_pos = mask.sum(-1) + deltas.view(-1).to(mask.device)
+        else:  # text only: the model's own positions (0..P-1, pads counted), as in the trainer's forward
+            position_ids = torch.arange(ids.shape[1], device=ids.device)[None, None].expand(
+                3, ids.shape[0], -1
+            )
+            first_pos = torch.full_like(mask.sum(-1), ids.shape[1])
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        cache = out.past_key_values
+        keys = [cache.layers[i].keys for i in range(len(self.lm.layers))]
+        values = [cache.layers[i].values for i in range(len(self.lm.layers))]
+        return keys, values, out.logits[:, -1].float(), first_pos
+
+    # ---------------------------------------------------------------- public API
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+    ) -> RolloutOutput:
+        """Complete left-padded prompts ``input_ids`` (B, P); images as the Qwen2.5-VL processor returns them."""
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if attention_mask[:, -1].min() < 1:
+            raise ValueError("prompts must be left-padded")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = []
+            timings = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "prefill_rows": 0}
+            batch = input_ids.shape[0]
+            n_images = self._images_per_row(
+                input_ids,
+                self.model.config.image_token_id,
+                image_grid_thw,
+                self.model.config.vision_config.spatial_merge_size,
+            )
+            img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
+            patches = [0]
+            if image_grid_thw is not None:
+                patches += image_grid_thw.prod(-1).cumsum(0).tolist()
+            for lo in range(0, batch, self.config.max_batch):
+                hi = min(batch, lo + self.config.max_batch)
+                chunk = {}
+                if image_grid_thw is not None:
+                    chunk["image_grid_thw"] = image_grid_thw[img_start[lo] : img_start[hi]]
+                    chunk["pixel_values"] = pixel_values[patches[img_start[lo]] : patches[img_start[hi]]]
+                if mm_token_type_ids is not None:
+                    chunk["mm_token_type_ids"] = mm_token_type_ids[lo:hi]
+                outs.append(
+                    self._generate_chunk(
+                        input_ids[lo:hi],
+                        attention_mask[lo:hi],
+                        n_images[lo:hi],
+                        max_new_tokens,
+                        sampling,
+                        timings,
+                        **chunk,
+                    )
+                )
+        finally:
+            self.model.train(was_training)
+        width = max(o.tokens.shape[1] for o in outs)
+
+        def cat(key, value):
+            return torch.cat(
+                [F.pad(getattr(o, key), (0, width - getattr(o, key).shape[1]), value=value) for o in outs]
+            )
+
+        result = RolloutOutput(
+            tokens=cat("tokens", self.pad_token_id),
+            lengths=torch.cat([o.lengths for o in outs]),
+            logprobs=cat("logprobs", 0.0),
+            timings=timings,
+        )
+        self.last_timings = timings
+        return result
+
+    @torch.no_grad()
+    def teacher_force(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        tokens: torch.Tensor,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) of the decode path when fed ``tokens`` (B, T): row t predicts ``tokens[:, t]``."""
+        batch, plen = input_ids.shape
+        n_new = tokens.shape[1]
+        length = -(-(plen + n_new) // self.config.length_bucket) * self.config.length_bucket
+        w = self._weights()
+        sp = SamplingParams(do_sample=False)
+        key = (batch, length, n_new)
+        if key not in self._slots or not self._slots[key].keep_logits:
+            self._slots.clear()
+            slot = _Slot(
+                batch,
+                length,
+                n_new,
+                len(w["layers"]),
+                self.n_kv,
+                self.head_dim,
+                w["embed"].dtype,
+                self.device,
+            )
+            slot.keep_logits = True
+            slot.logits = torch.zeros(
+                batch, self.model.get_output_embeddings().weight.shape[0], device=self.device
+            )
+            self._slots[key] = slot
+        s = self._get_slot(batch, length, n_new, w, sp)
+        n_images = self._images_per_row(
+            input_ids,
+            self.model.config.image_token_id,
+            image_grid_thw,
+            self.model.config.vision_config.spatial_merge_size,
+        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            k, v, logits, first_pos = self._prefill(
+                list(range(batch)),
+                input_ids,
+                attention_mask,
+                pixel_values,
+                image_grid_thw,
+                mm_token_type_ids,
+                n_images,
+            )
+        finally:
+            self.model.train(was_training)
+        for i in range(len(s.k)):
+            s.k[i][:, :, :plen].copy_(k[i])
+            s.v[i][:, :, :plen].copy_(v[i])
+        s.key_valid.zero_()
+        s.key_valid[:, :plen].copy_(attention_mask.bool())
+        s.pos.copy_(first_pos)
+        s.slot.fill_(plen)
+        s.step.zero_()
+        s.done.zero_()
+        out = [logits]
+        for t in range(1, n_new):
+            s.token.copy_(tokens[:, t - 1])
+            if s.graph is not None:
+                s.graph.replay()
+            else:
+                self._step(s, w, sp)
+            out.append(s.logits.clone())
+        return torch.stack(out, dim=1)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _generate_chunk(
+        self,
+        input_ids,
+        attention_mask,
+        n_images,
+        max_new,
+        sp,
+        timings,
+        pixel_values=None,
+        image_grid_thw=None,
+        mm_token_type_ids=None,
+    ) -> RolloutOutput:
+        batch, plen = input_ids.shape
+        bucket = self.config.length_bucket
+        length = -(-(plen + max_new) // bucket) * bucket
+        w = self._weights()
+        s = self._get_slot(batch, length, max_new, w, sp)
+
+        self._sync()
+        t0 = time.perf_counter()
+        reps, mapping = self._unique_rows(input_ids, attention_mask, pixel_values, image_grid_thw, n_images)
+        keys, values, logits, first_pos = [], [], [], []
+        step = self.config.prefill_batch
+        for lo in range(0, len(reps), step):
+            k, v, lg, fp = self._prefill(
+                reps[lo : lo + step],
+                input_ids,
+                attention_mask,
+                pixel_values,
+                image_grid_thw,
+                mm_token_type_ids,
+                n_images,
+            )
+            keys.append(k)
+            values.append(v)
+            logits.append(lg)
+            first_pos.append(fp)
+        index = torch.tensor(mapping, device=self.device)
+        for i in range(len(s.k)):
+            s.k[i][:, :, :plen].copy_(torch.cat([k[i] for k in keys])[index])
+            s.v[i][:, :, :plen].copy_(torch.cat([v[i] for v in values])[index])
+        s.key_valid.zero_()
+        s.key_valid[:, :plen].copy_(attention_mask.bool())
+        s.pos.copy_(torch.cat(first_pos)[index])
+        s.slot.fill_(plen)
+        s.step.zero_()
+        s.done.zero_()
+        s.lengths.fill_(max_new)
+        s.out_tokens.fill_(self.pad_token_id)
+        s.out_logprobs.zero_()
+        self._emit(s, torch.cat(logits)[index], sp)
+        self._sync()
+        t1 = time.perf_counter()
+
+        steps = 0
+        for t in range(1, max_new):
+            if s.graph is not None:
+                s.graph.replay()
+            else:
+                self._step(s, w, sp)
+            steps += 1
+            if t % self.config.check_eos_every == 0 and bool(s.done.all()):
+                break
+        self._sync()
+        t2 = time.perf_counter()
+        timings["prefill_s"] += t1 - t0
+        timings["decode_s"] += t2 - t1
+        timings["decode_steps"] += steps
+        timings["prefill_rows"] += len(reps)
+        n = steps + 1
+        return RolloutOutput(
+            tokens=s.out_tokens[:, :n].clone(),
+            lengths=s.lengths.clamp(max=n).clone(),
+            logprobs=s.out_logprobs[:, :n].clone(),
+        )
