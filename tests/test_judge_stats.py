@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -83,6 +83,9 @@ def tokenizer_corpus(seed: int, system_prompt: str | None = None, n_per_kind: in
                 texts += [it["problem"], it["reasoning"], it["solution"], it.get("caption", "")]
     if system_prompt:
         texts.append(system_prompt)
-    texts += [f"<think>{t}</think><answer>{a}</answer>" for t, a in zip(texts[:50], ["True", "False"] * 25, strict=True)]
+    texts += [
+        f"<think>{t}</think><answer>{a}</answer>"
+        for t, a in zip(texts[:50], ["True", "False"] * 25, strict=True)
+    ]
     texts += ["True", "False", "Yes", "No", "0 1 2 3 4 5 6 7 8 9", "A B C D E", "A. B. C. D. E."]
     return [t for t in texts if t]
