@@ -3,6 +3,7 @@
 Subcommands (run on the device machine):
   micro   correctness + microbenchmarks: decode ms/step at batch 32/64 vs the weight+KV bandwidth floor, prefill
           of 32 image prompts, bf16 teacher-forced agreement with transformers, SmolVLM KV-cache parity/speed.
+  tf      bf16 teacher forcing: engine, generate's decode and the bf16 full forward, each against an fp32 forward.
   grpo    whole GRPO steps of one configuration in this process (``--setting trl_default|trl_tuned|fast``).
   all     every configuration, each in a fresh process, within ``--budget`` seconds; writes one JSON.
 """
@@ -376,6 +377,77 @@ def smolvlm_cache() -> dict:
     }
 
 
+def teacher_forced(args) -> dict:
+    """bf16 engine vs transformers (its incremental decode and its full forward) against an fp32 forward."""
+    from grpo_vqa.rollout import RolloutConfig, RolloutEngine
+    from grpo_vqa.rollout.engine import unwrap_hf_model
+    from grpo_vqa.rollout.synthetic import special_ids
+
+    model = build_3b()
+    hf = unwrap_hf_model(model).eval()
+    ids = special_ids(hf.config.text_config.vocab_size)
+    g = torch.Generator().manual_seed(4)
+    lens = [(18 + i, 10 + i) for i in range(8)]
+    inp = {k: v.cuda() for k, v in image_prompts(hf.config, lens, (480, 640), generator=g).items()}
+    engine = RolloutEngine(
+        model, RolloutConfig(engine="fast"), eos_token_ids=[ids["eos"]], pad_token_id=ids["pad"]
+    )
+    plen = inp["input_ids"].shape[1]
+    with torch.no_grad():
+        gen = model.generate(
+            **inp,
+            max_new_tokens=64,
+            min_new_tokens=64,
+            do_sample=False,
+            pad_token_id=ids["pad"],
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        tokens = gen.sequences[:, plen:]
+        hf_decode = torch.stack(gen.logits, 1).float()
+        mm_kw = {k: inp[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids")}
+        eng = engine.teacher_force(inp["input_ids"], inp["attention_mask"], tokens, **mm_kw).float()
+        full = dict(
+            input_ids=torch.cat([inp["input_ids"], tokens], 1),
+            attention_mask=torch.cat([inp["attention_mask"], torch.ones_like(tokens)], 1),
+            mm_token_type_ids=torch.cat([inp["mm_token_type_ids"], torch.zeros_like(tokens)], 1),
+            pixel_values=inp["pixel_values"],
+            image_grid_thw=inp["image_grid_thw"],
+        )
+        bf16_full = model(**full).logits[:, plen - 1 : -1].float()
+        del engine
+        model.float()
+        fp32 = model(**full).logits[:, plen - 1 : -1].float()
+
+    def rel(a, b):
+        return ((a - b).norm(dim=-1) / b.norm(dim=-1)).mean().item()
+
+    def top1(a, b):
+        return (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+    res = {
+        "device": device_name(),
+        "rows": 8,
+        "steps": 64,
+        "rel_l2_vs_fp32": {
+            "engine": rel(eng, fp32),
+            "hf_generate": rel(hf_decode, fp32),
+            "hf_full_bf16": rel(bf16_full, fp32),
+        },
+        "rel_l2_engine_vs_hf_generate": rel(eng, hf_decode),
+        "rel_l2_engine_vs_hf_full_bf16": rel(eng, bf16_full),
+        "top1_vs_fp32": {
+            "engine": top1(eng, fp32),
+            "hf_generate": top1(hf_decode, fp32),
+            "hf_full_bf16": top1(bf16_full, fp32),
+        },
+        "top1_engine_vs_generate_tokens": (eng.argmax(-1) == tokens).float().mean().item(),
+        "top1_hf_generate_logits_vs_its_tokens": (hf_decode.argmax(-1) == tokens).float().mean().item(),
+    }
+    print(json.dumps(res), flush=True)
+    return res
+
+
 # ------------------------------------------------------------------------------------------------- grpo
 
 
@@ -617,7 +689,7 @@ def ratios(runs: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["micro", "grpo", "all"])
+    ap.add_argument("mode", choices=["micro", "tf", "grpo", "all"])
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="fast")
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
@@ -632,6 +704,8 @@ def main():
     args = ap.parse_args()
     if args.mode == "micro":
         res = micro(args)
+    elif args.mode == "tf":
+        res = teacher_forced(args)
     elif args.mode == "grpo":
         res = grpo(args)
     else:

@@ -89,6 +89,17 @@ def test_grpo_trainer_class():
         grpo_trainer_class("vllm")
 
 
+def test_fast_grpo_args():
+    from grpo_vqa.rollout import fast_grpo_args
+
+    args = fast_grpo_args(64)
+    assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 64
+    assert args["steps_per_generation"] == args["gradient_accumulation_steps"] == 8
+    assert args["gradient_checkpointing"] is False
+    with pytest.raises(ValueError):
+        fast_grpo_args(20, 8)
+
+
 def test_rollout_logprobs_match_trainer_recompute(checkpoint, tmp_path):
     tr = _trainer(checkpoint, tmp_path)
     assert tr.rollout_engine is not None

@@ -17,7 +17,9 @@ except ConfigError as exc:
 validate(config, schema="../schemas/config.schema.yaml")
 
 # The scripts import the package from the checkout, so every rule's env only needs third-party packages.
-shell.prefix("set -euo pipefail; export PYTHONPATH=" + str(REPO / "src") + ":${{PYTHONPATH:-}}; ")
+SRC = REPO / "src"
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}:${{{{PYTHONPATH:-}}}}; ")
+PROMPT_DIR = str(REPO / "config" / "judge_prompts")
 
 SEED = int(config["seed"])
 THREADS = int(config.get("threads_per_job", 1))
@@ -91,6 +93,16 @@ def train_mem(wildcards, attempt):
 
 def train_gpu(wildcards):
     return 1 if is_gpu_model(wildcards.exp) else 0
+
+
+def extra_eval_sets(w):
+    """Extra test sets an experiment is evaluated on (their test split), by dataset name."""
+    return {name: dataset_dir(name) for name in experiment(w).get("eval_datasets", [])}
+
+
+def judge_human_labels(wildcards):
+    path = config["judge"].get("human_labels")
+    return [path] if path else []
 
 
 def table_targets():

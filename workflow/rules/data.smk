@@ -3,6 +3,7 @@ rule make_dataset:
     output:
         directory("results/data/{dataset}"),
     params:
+        script=f"{SCRIPTS}/make_dataset.py",
         cfg=lambda w: as_json(config["datasets"][w.dataset]),
         seed=SEED,
     log:
@@ -16,5 +17,5 @@ rule make_dataset:
         runtime=lambda w, attempt: 30 * attempt,
         mem_mb=4000,
     shell:
-        "python {SCRIPTS}/make_dataset.py --name {wildcards.dataset} --seed {params.seed}"
+        "python {params.script} --name {wildcards.dataset} --seed {params.seed}"
         " --config-json {params.cfg:q} --out {output} > {log} 2>&1"

@@ -1,7 +1,3 @@
-def extra_eval_sets(w):
-    return {name: dataset_dir(name) for name in experiment(w).get("eval_datasets", [])}
-
-
 rule evaluate:
     """Greedy generation on val/test (+ blank-image probe, + extra test sets) for one model stage."""
     input:
@@ -15,6 +11,7 @@ rule evaluate:
             split=config["evaluation"]["splits"],
         ),
     params:
+        script=f"{SCRIPTS}/evaluate.py",
         cfg=lambda w: eval_params(w.exp),
         out_dir="results/eval/{exp}/{stage}",
         cache="results/checkpoints/eval/{exp}/{stage}",
@@ -31,6 +28,6 @@ rule evaluate:
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
-        "python {SCRIPTS}/evaluate.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --extra {params.extra} --out-dir {params.out_dir} --cache-dir {params.cache}"
         " > {log} 2>&1"

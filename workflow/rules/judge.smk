@@ -1,15 +1,6 @@
 # LLM-as-judge alignment scoring: judge each generated response, then tabulate per run/split/stage.
 # Scripts and prompts are found through the checkout (SCRIPTS, PROMPT_DIR); common.smk puts src/ on PYTHONPATH.
-import json
-
 from grpo_vqa.judge.prompts import resolve_prompt_path
-
-PROMPT_DIR = str(REPO / "config" / "judge_prompts")
-
-
-def _judge_human_labels(wildcards):
-    path = config["judge"].get("human_labels")
-    return [path] if path else []
 
 
 rule judge_responses:
@@ -19,6 +10,8 @@ rule judge_responses:
     output:
         "results/judge/{run}/{stage}/{split}.{prompt}.jsonl",
     params:
+        prompt_dir=PROMPT_DIR,
+        script=f"{SCRIPTS}/judge_responses.py",
         cfg=lambda w: as_json(config["judge"]),
         cache=lambda w: f"results/judge/.cache/{w.run}/{w.stage}/{w.split}",
     log:
@@ -36,9 +29,9 @@ rule judge_responses:
         runtime=lambda w: 20 if config["judge"]["backend"] == "rules" else 240,
         mem_mb=2000,
     shell:
-        "python {SCRIPTS}/judge_responses.py"
+        "python {params.script}"
         " --responses {input.responses} --output {output} --cache-dir {params.cache}"
-        " --prompt {wildcards.prompt} --prompt-dir {PROMPT_DIR}"
+        " --prompt {wildcards.prompt} --prompt-dir {params.prompt_dir}"
         " --run {wildcards.run} --stage {wildcards.stage} --split {wildcards.split}"
         " --config-json {params.cfg:q} > {log} 2>&1"
 
@@ -52,12 +45,13 @@ rule alignment_table:
             split=config["judge"]["splits"],
             prompt=config["judge"]["prompt"],
         ),
-        labels=_judge_human_labels,
+        labels=judge_human_labels,
     output:
         md="results/tables/alignment.md",
         csv="results/tables/alignment.csv",
         fig="results/figures/alignment_confusion.png",
     params:
+        script=f"{SCRIPTS}/alignment_table.py",
         cfg=lambda w: as_json(config["judge"]),
         labels=lambda w, input: f"--human-labels {input.labels[0]}" if input.labels else "",
     log:
@@ -71,6 +65,6 @@ rule alignment_table:
         runtime=10,
         mem_mb=2000,
     shell:
-        "python {SCRIPTS}/alignment_table.py"
+        "python {params.script}"
         " --judged {input.judged} {params.labels} --out-md {output.md} --out-csv {output.csv}"
         " --out-fig {output.fig} --config-json {params.cfg:q} > {log} 2>&1"

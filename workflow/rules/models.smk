@@ -3,6 +3,7 @@ rule build_model:
     output:
         ref="results/models/{model}/base.json",
     params:
+        script=f"{SCRIPTS}/build_model.py",
         cfg=lambda w: as_json(config["models"][w.model] | {"system_prompt": config.get("system_prompt")}),
         seed=SEED,
         model_dir="results/models/{model}/base_model",
@@ -18,6 +19,6 @@ rule build_model:
         runtime=lambda w, attempt: 60 * attempt,
         mem_mb=8000,
     shell:
-        "python {SCRIPTS}/build_model.py --name {wildcards.model} --seed {params.seed} --threads {threads}"
+        "python {params.script} --name {wildcards.model} --seed {params.seed} --threads {threads}"
         " --config-json {params.cfg:q} --ref {output.ref} --model-dir {params.model_dir}"
         " --ckpt {params.ckpt} > {log} 2>&1"

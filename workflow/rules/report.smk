@@ -10,6 +10,7 @@ rule table:
         csv="results/tables/{table}.csv",
         figures=directory("results/figures/{table}"),
     params:
+        script=f"{SCRIPTS}/make_table.py",
         cfg=lambda w: as_json(config),
     log:
         "results/logs/table/{table}.log",
@@ -22,6 +23,6 @@ rule table:
         runtime=10,
         mem_mb=2000,
     shell:
-        "python {SCRIPTS}/make_table.py --name {wildcards.table} --config-json {params.cfg:q} --out {output.md}"
+        "python {params.script} --name {wildcards.table} --config-json {params.cfg:q} --out {output.md}"
         " --fig-dir {output.figures}"
         " > {log} 2>&1"

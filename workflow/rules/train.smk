@@ -6,6 +6,7 @@ rule sft:
     output:
         directory("results/runs/{exp}/sft/adapter"),
     params:
+        script=f"{SCRIPTS}/train_sft.py",
         cfg=lambda w: train_params(w.exp, "sft"),
         ckpt="results/checkpoints/{exp}/sft",
         tb="results/logs/tensorboard/{exp}/sft",
@@ -21,7 +22,7 @@ rule sft:
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
-        "python {SCRIPTS}/train_sft.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
 
 
@@ -32,6 +33,7 @@ rule merge_lora:
     output:
         directory("results/runs/{exp}/{trained}/model"),
     params:
+        script=f"{SCRIPTS}/merge_lora.py",
         cfg=lambda w: as_json({"seed": SEED, "dtype": model_dtype(w.exp)}),
     log:
         "results/logs/merge_lora/{exp}-{trained}.log",
@@ -44,7 +46,7 @@ rule merge_lora:
         runtime=lambda w, attempt: 30 * attempt,
         mem_mb=train_mem,
     shell:
-        "python {SCRIPTS}/merge_lora.py --config-json {params.cfg:q} --threads {threads} --adapter {input}"
+        "python {params.script} --config-json {params.cfg:q} --threads {threads} --adapter {input}"
         " --out {output} > {log} 2>&1"
 
 
@@ -56,6 +58,7 @@ rule grpo:
     output:
         directory("results/runs/{exp}/grpo/adapter"),
     params:
+        script=f"{SCRIPTS}/train_grpo.py",
         cfg=lambda w: train_params(w.exp, "grpo"),
         ckpt="results/checkpoints/{exp}/grpo",
         tb="results/logs/tensorboard/{exp}/grpo",
@@ -71,5 +74,5 @@ rule grpo:
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
-        "python {SCRIPTS}/train_grpo.py --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"

@@ -100,12 +100,23 @@ def sample_relation_scene(
     shapes: list[str],
     radius: tuple[int, int],
     max_tries: int = 500,
+    tied: bool = False,
 ) -> tuple[SceneObject, SceneObject]:
-    """Two distinct-looking objects whose relation (subject to object) is clearly ``seen``."""
+    """Two distinct-looking objects whose relation (subject to object) is clearly ``seen``.
+
+    ``tied``: each shape has one colour (the counting tutorial's red triangles, blue circles, green squares),
+    so an object is named by either word; otherwise colours and shapes are drawn independently.
+    """
+    from .tasks import COUNT_COLORS
+
     fam = family(seen)
     for _ in range(max_tries):
-        c1, c2 = rng.sample(colors, 2)
-        s1, s2 = rng.choice(shapes), rng.choice(shapes)
+        if tied:
+            s1, s2 = rng.sample(shapes, 2)
+            c1, c2 = COUNT_COLORS[s1], COUNT_COLORS[s2]
+        else:
+            c1, c2 = rng.sample(colors, 2)
+            s1, s2 = rng.choice(shapes), rng.choice(shapes)
         objs = place_objects(rng, [(s1, c1), (s2, c2)], size, radius)
         if objs is None:
             continue

@@ -6,7 +6,12 @@
 
 from grpo_vqa.rollout.config import RolloutConfig
 from grpo_vqa.rollout.engine import RolloutEngine, RolloutOutput, SamplingParams, select_tokens
-from grpo_vqa.rollout.trainer import FastRolloutGRPOTrainer, grpo_trainer_class, sampling_params_from
+from grpo_vqa.rollout.trainer import (
+    FastRolloutGRPOTrainer,
+    fast_grpo_args,
+    grpo_trainer_class,
+    sampling_params_from,
+)
 from grpo_vqa.rollout.vision import install_batched_vision_attention, varlen_attention
 
 __all__ = [
@@ -14,6 +19,7 @@ __all__ = [
     "RolloutConfig",
     "RolloutEngine",
     "RolloutOutput",
+    "fast_grpo_args",
     "SamplingParams",
     "grpo_trainer_class",
     "install_batched_vision_attention",

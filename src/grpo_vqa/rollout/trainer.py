@@ -178,6 +178,21 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
         return out.completion_lists()
 
 
+def fast_grpo_args(rollouts_per_step: int, micro_batch: int = 8) -> dict:
+    """``GRPOConfig`` overrides for the fast engine: one generation call fills the decode batch with all
+    ``rollouts_per_step`` rollouts, trained in micro-batches of ``micro_batch`` without gradient checkpointing
+    (measured on an H100 at Qwen2.5-VL-3B dims: 32 GB peak at 64 rollouts/step)."""
+    if rollouts_per_step % micro_batch:
+        raise ValueError("rollouts_per_step must be a multiple of micro_batch")
+    steps = rollouts_per_step // micro_batch
+    return {
+        "per_device_train_batch_size": micro_batch,
+        "gradient_accumulation_steps": steps,
+        "steps_per_generation": steps,
+        "gradient_checkpointing": False,
+    }
+
+
 def grpo_trainer_class(engine: str) -> type:
     """The trainer class for ``rollout.engine``: ``trl.GRPOTrainer`` for "hf", ``FastRolloutGRPOTrainer`` for "fast"."""
     if engine == "hf":

@@ -70,14 +70,61 @@ def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | 
 
 
 def trainer_class(engine: str):
-    """TRL's GRPOTrainer, or the fast rollout engine's subclass of it."""
+    """TRL's GRPOTrainer, or the fast rollout engine's subclass of it (both with a resumable data order)."""
     if engine == "hf":
         from trl import GRPOTrainer
 
-        return GRPOTrainer
-    from ..rollout import grpo_trainer_class
+        base = GRPOTrainer
+    else:
+        from ..rollout import grpo_trainer_class
 
-    return grpo_trainer_class(engine)
+        base = grpo_trainer_class(engine)
+    return _resumable(base)
+
+
+def epoch_seeded_repeat_sampler_class():
+    """TRL's ``RepeatSampler`` whose permutation for epoch ``e`` does not depend on what ran before.
+
+    TRL's sampler draws one ``randperm`` per epoch from a generator seeded once, so epoch ``e`` uses the
+    ``e+1``-th permutation -- but a run resumed in epoch ``e`` builds a fresh sampler and would draw the
+    *first* one (and skip the first batches of the wrong order). ``set_epoch`` (called by the Trainer and by
+    accelerate at the start of every epoch) reseeds and replays ``e`` permutations, so uninterrupted runs keep
+    TRL's exact order and resumed runs get the same one.
+    """
+    import torch
+    from trl.trainer.utils import RepeatSampler
+
+    class EpochSeededRepeatSampler(RepeatSampler):
+        def set_epoch(self, epoch: int) -> None:
+            if not self.shuffle or self.seed is None:
+                return
+            self.generator.manual_seed(self.seed)
+            for _ in range(int(epoch)):
+                torch.randperm(self.num_samples, generator=self.generator)
+
+    return EpochSeededRepeatSampler
+
+
+def _resumable(base: type) -> type:
+    """A subclass of a GRPO trainer class whose training sampler is :func:`epoch_seeded_repeat_sampler_class`."""
+    sampler_cls = epoch_seeded_repeat_sampler_class()
+
+    class Resumable(base):
+        def _get_train_sampler(self, dataset=None):
+            sampler = super()._get_train_sampler(dataset)
+            if type(sampler) is not sampler_cls.__bases__[0]:
+                return sampler
+            return sampler_cls(
+                data_source=sampler.data_source,
+                mini_repeat_count=sampler.mini_repeat_count,
+                batch_size=sampler.batch_size,
+                repeat_count=sampler.repeat_count,
+                shuffle=sampler.shuffle,
+                seed=sampler.seed,
+            )
+
+    Resumable.__name__ = Resumable.__qualname__ = f"Resumable{base.__name__}"
+    return Resumable
 
 
 def run_grpo(

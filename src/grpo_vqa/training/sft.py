@@ -92,12 +92,14 @@ def run_sft(
         train_dataset=train_rows,
         processing_class=processor,
         peft_config=lora_config(cfg["lora"]) if use_lora else None,
-        callbacks=[make_complete_marker_callback()],
+        # the token count is saved before the completion marker (callbacks run in this order)
+        callbacks=[_token_count_callback(lambda: trainer), make_complete_marker_callback()],
     )
     resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:
         log.info("resuming SFT from %s", resume)
         print(f"[sft] resuming from {resume}", flush=True)
+        _restore_token_count(trainer, resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     tmp = Path(str(out_dir) + ".tmp")
     trainer.save_model(str(tmp))
@@ -106,6 +108,37 @@ def run_sft(
     (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
     replace_dir(tmp, out_dir)
     return {"history": history, "resumed_from": str(resume) if resume else None}
+
+
+TOKEN_COUNT_FILE = "num_tokens.json"
+
+
+def _token_count_callback(get_trainer):
+    """Saves SFTTrainer's token counter into each checkpoint (before the completion marker is written).
+
+    TRL counts the ``num_tokens`` metric in ``SFTTrainer._total_train_tokens``, which is not part of the
+    Trainer's saved state and restarts at 0 in a resumed process; without this, every history entry after a
+    resume would under-count (and differ from an uninterrupted run's).
+    """
+    from transformers import TrainerCallback
+
+    class TokenCount(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            trainer = get_trainer()
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir() and hasattr(trainer, "_total_train_tokens"):
+                (folder / TOKEN_COUNT_FILE).write_text(
+                    json.dumps({"num_tokens": trainer._total_train_tokens})
+                )
+            return control
+
+    return TokenCount()
+
+
+def _restore_token_count(trainer, checkpoint: Path) -> None:
+    path = checkpoint / TOKEN_COUNT_FILE
+    if path.is_file() and hasattr(trainer, "_total_train_tokens"):
+        trainer._total_train_tokens = json.loads(path.read_text())["num_tokens"]
 
 
 def _cuda() -> bool:
