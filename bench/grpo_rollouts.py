@@ -1,6 +1,8 @@
 """GRPO rollout benchmark on one GPU: TRL's generate path vs the fast engine, Qwen2.5-VL-3B dims, random weights.
 
 Subcommands (run on the device machine):
+  prefill prefill of 32 distinct image prompts: transformers' vision forward vs the fast one (time split into
+          vision / rest, a kernel profile of each, vision features of both against an fp32 reference).
   micro   correctness + microbenchmarks: decode ms/step at batch 32/64 vs the weight+KV bandwidth floor, prefill
           of 32 image prompts, bf16 teacher-forced agreement with transformers, SmolVLM KV-cache parity/speed.
   tf      bf16 teacher forcing: engine, generate's decode and the bf16 full forward, each against an fp32 forward.
@@ -86,6 +88,88 @@ def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device=
                 if "lora_B" in name:
                     p.normal_(0, 0.01)
     return model
+
+
+# ------------------------------------------------------------------------------------------------- prefill
+
+
+def prefill_study(args) -> dict:
+    """Prefill of 32 distinct 640x480 image prompts, old (transformers) vs fast vision forward, on one GPU."""
+    from transformers import Qwen2_5_VisionTransformerPretrainedModel
+
+    from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams
+    from grpo_vqa.rollout.engine import unwrap_hf_model
+    from grpo_vqa.rollout.synthetic import special_ids
+    from grpo_vqa.rollout.vision import set_fast_vision
+
+    res = {"device": device_name(), "torch": torch.__version__}
+    model = build_3b()
+    hf = unwrap_hf_model(model)
+    ids = special_ids(hf.config.text_config.vocab_size)
+    engine = RolloutEngine(
+        model, RolloutConfig(engine="fast"), eos_token_ids=[ids["eos"]], pad_token_id=ids["pad"]
+    )
+    g = torch.Generator().manual_seed(1)
+    lens = [
+        (int(a), int(b))
+        for a, b in zip(
+            torch.randint(15, 25, (32,), generator=g), torch.randint(8, 16, (32,), generator=g), strict=True
+        )
+    ]
+    inp = {k: v.cuda() for k, v in image_prompts(hf.config, lens, (480, 640), generator=g).items()}
+    sp = SamplingParams(do_sample=True)
+
+    def prefill():
+        engine.generate(**inp, max_new_tokens=1, sampling=sp)
+        return engine.last_timings["prefill_s"]
+
+    def vision():
+        sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            hf.model.get_image_features(inp["pixel_values"], inp["image_grid_thw"])
+        sync()
+        return time.perf_counter() - t
+
+    def profile(tag):
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            prefill()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
+        if args.out:
+            Path(args.out).with_name(f"profile_{tag}.txt").write_text(table)
+        print(tag, "\n", table[:3500], flush=True)
+
+    for tag, fast in (("before", False), ("after", True)):
+        set_fast_vision(hf, fast)
+        t = time.perf_counter()
+        prefill()
+        first = time.perf_counter() - t
+        pre = min(prefill() for _ in range(3))
+        vis = min(vision() for _ in range(3))
+        res[tag] = {"prefill_32_distinct_s": pre, "vision_s": vis, "rest_s": pre - vis, "first_call_s": first}
+        print(tag, json.dumps(res[tag]), flush=True)
+        profile(tag)
+    # vision features of 3 images, bf16 old / fast, each against transformers' own forward in fp32
+    cfg = hf.config.vision_config
+    ref = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg, dtype=torch.float32).cuda().eval()
+    ref.load_state_dict({k: v.float() for k, v in hf.model.visual.state_dict().items()})
+    n = 3
+    pv = inp["pixel_values"][: int(inp["image_grid_thw"][:n].prod(-1).sum())]
+    grid = inp["image_grid_thw"][:n]
+    with torch.no_grad():
+        want = ref(pv, grid_thw=grid).pooler_output.double()
+        err = {}
+        for tag, fast in (("before", False), ("after", True)):
+            set_fast_vision(hf, fast)
+            got = hf.model.get_image_features(pv, grid).pooler_output
+            got = torch.cat(got).double()
+            err[tag] = ((got - want).norm() / want.norm()).item()
+    res["vision_rel_l2_vs_fp32"] = err
+    res["speedup"] = res["before"]["prefill_32_distinct_s"] / res["after"]["prefill_32_distinct_s"]
+    print(json.dumps(res), flush=True)
+    return res
 
 
 # ------------------------------------------------------------------------------------------------- micro
@@ -689,7 +773,7 @@ def ratios(runs: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["micro", "tf", "grpo", "all"])
+    ap.add_argument("mode", choices=["micro", "prefill", "tf", "grpo", "all"])
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="fast")
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
@@ -704,6 +788,8 @@ def main():
     args = ap.parse_args()
     if args.mode == "micro":
         res = micro(args)
+    elif args.mode == "prefill":
+        res = prefill_study(args)
     elif args.mode == "tf":
         res = teacher_forced(args)
     elif args.mode == "grpo":

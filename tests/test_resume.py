@@ -139,3 +139,34 @@ def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(slurm_cl
         f"{last_before_kill}, retry {retried} resumed at step {resumed_at} (save_steps {SAVE_STEPS}): "
         f"{redone} step(s) redone; SLURM run {slurm.seconds:.0f} s, test {time.monotonic() - t_start:.0f} s"
     )
+
+
+def test_grpo_sampler_gives_a_resumed_epoch_the_uninterrupted_order():
+    """Why rule grpo's trainer uses an epoch-seeded sampler (no SLURM needed, milliseconds): TRL's
+    RepeatSampler draws each epoch's order from one generator, so a resumed process (a fresh sampler)
+    would replay epoch 0's order in any later epoch; ours gives every epoch TRL's uninterrupted order."""
+    from trl.trainer.utils import RepeatSampler
+
+    from grpo_vqa.training.grpo import epoch_seeded_repeat_sampler_class, trainer_class
+
+    data = list(range(16))
+    kw = {"mini_repeat_count": 4, "batch_size": 2, "repeat_count": 1, "shuffle": True, "seed": 1234}
+    trl = RepeatSampler(data, **kw)
+    trl_epochs = [list(trl) for _ in range(3)]
+    assert list(RepeatSampler(data, **kw)) == trl_epochs[0] != trl_epochs[2]  # TRL after a resume: wrong
+
+    cls = epoch_seeded_repeat_sampler_class()
+    ours = cls(data, **kw)
+    uninterrupted = []
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        uninterrupted.append(list(ours))
+    assert uninterrupted == trl_epochs  # an uninterrupted run keeps TRL's order
+    resumed = cls(data, **kw)
+    resumed.set_epoch(2)
+    assert list(resumed) == trl_epochs[2]  # a run resumed in epoch 2 gets epoch 2's order
+
+    from trl import GRPOTrainer
+
+    assert issubclass(trainer_class("hf"), GRPOTrainer)
+    assert trainer_class("hf")._get_train_sampler is not GRPOTrainer._get_train_sampler

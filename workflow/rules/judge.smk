@@ -47,9 +47,27 @@ rule alignment_table:
         ),
         labels=judge_human_labels,
     output:
-        md="results/tables/alignment.md",
-        csv="results/tables/alignment.csv",
-        fig="results/figures/alignment_confusion.png",
+        md=report(
+            "results/tables/alignment.md",
+            caption="../report/alignment.rst",
+            category=JUDGE_FAMILY,
+            subcategory="tables",
+            labels=provenance_labels("md"),
+        ),
+        csv=report(
+            "results/tables/alignment.csv",
+            caption="../report/alignment.rst",
+            category=JUDGE_FAMILY,
+            subcategory="tables",
+            labels=provenance_labels("csv"),
+        ),
+        fig=report(
+            "results/figures/alignment_confusion.png",
+            caption="../report/alignment_confusion.rst",
+            category=JUDGE_FAMILY,
+            subcategory="figures",
+            labels=provenance_labels("fig"),
+        ),
     params:
         script=f"{SCRIPTS}/alignment_table.py",
         cfg=lambda w: as_json(config["judge"]),

@@ -1,4 +1,19 @@
 from grpo_vqa.reporting.paper import table_inputs  # noqa: E402
+from grpo_vqa.reporting.report import (  # noqa: E402
+    JUDGE_FAMILY,
+    provenance_labels,
+    report_targets,
+    table_family,
+)
+
+# Snakemake's native report (`snakemake --report results/report.html`): the tables and figures below and the
+# judge's outputs (judge.smk) are flagged with report(...), with a caption in workflow/report/ and labels read
+# from each file's `*.provenance.json` sidecar (config hash, git commit, package versions).
+
+# `all` also builds the report-only outputs, so that `snakemake --report` (default target: `all`) finds them
+# (the same as adding `+ report_targets(config)` to all_targets() in common.smk).
+_all_targets_without_report = all_targets
+all_targets = lambda: _all_targets_without_report() + report_targets(config)
 
 
 rule table:
@@ -6,9 +21,28 @@ rule table:
     input:
         lambda w: table_inputs(w.table, config["tables"][w.table]),
     output:
-        md="results/tables/{table}.md",
-        csv="results/tables/{table}.csv",
-        figures=directory("results/figures/{table}"),
+        md=report(
+            "results/tables/{table}.md",
+            caption="../report/table.rst",
+            category=table_family,
+            subcategory="tables",
+            labels=provenance_labels("md"),
+        ),
+        csv=report(
+            "results/tables/{table}.csv",
+            caption="../report/table.rst",
+            category=table_family,
+            subcategory="tables",
+            labels=provenance_labels("csv"),
+        ),
+        figures=report(
+            directory("results/figures/{table}"),
+            patterns=["{name}.png"],
+            caption="../report/table_figure.rst",
+            category=table_family,
+            subcategory="figures",
+            labels=provenance_labels("figures", "{name}.png"),
+        ),
     params:
         script=f"{SCRIPTS}/make_table.py",
         cfg=lambda w: as_json(config),
@@ -26,3 +60,29 @@ rule table:
         "python {params.script} --name {wildcards.table} --config-json {params.cfg:q} --out {output.md}"
         " --fig-dir {output.figures}"
         " > {log} 2>&1"
+
+
+rule judge_verdicts_figure:
+    """Judge verdicts by type (stacked shares per run/split/stage) from the alignment table."""
+    input:
+        "results/tables/alignment.csv",
+    output:
+        report(
+            "results/figures/alignment_verdicts.png",
+            caption="../report/judge_verdicts.rst",
+            category=JUDGE_FAMILY,
+            subcategory="figures",
+            labels=provenance_labels(0),
+        ),
+    log:
+        "results/logs/report/alignment_verdicts.log",
+    benchmark:
+        "results/benchmarks/report/alignment_verdicts.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+    shell:
+        "python -m grpo_vqa.reporting.figures judge-verdicts --csv {input} --out {output} > {log} 2>&1"

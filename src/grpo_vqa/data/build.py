@@ -41,7 +41,8 @@ def _relation_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list
         size=cfg.get("image_size", 112),
         prompt_style=cfg.get("prompt_style", "vsr"),
         id_prefix=f"{name}-{split}",
-        radius=tuple(cfg.get("radius", (9, 16))),
+        radius=tuple(cfg.get("radius", (14, 22))),
+        tied_colors=bool(cfg.get("tied_colors", False)),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from .relations import DIRECTIONAL, PROXIMITY, family, sample_relation_scene
+from .relations import DIRECTIONAL, PROXIMITY, sample_relation_scene
 from .scenes import PALETTES, PLURALS, SHAPES, Scene, render
 
 
@@ -22,25 +22,32 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 def make_pretrain_items(
-    n: int, seed: int, size: int = 112, max_count: int = 7, with_images: bool = True
+    n: int,
+    seed: int,
+    size: int = 112,
+    max_count: int = 5,
+    with_images: bool = True,
+    relation_share: float = 0.8,
+    tied_colors: bool = True,
+    radius: tuple[int, int] = (14, 22),
 ) -> list[dict]:
-    """``n`` (image, prompt, description) items: relation descriptions and shape counts, half each."""
+    """``n`` (image, prompt, description) items: relation descriptions (``relation_share``) and shape counts.
+
+    ``tied_colors`` draws relation scenes with one colour per shape (the tutorial's), as the embedded
+    relation datasets do; ``radius`` is the objects' size range in pixels.
+    """
     from .tasks import counting_scene
 
     rng = random.Random(seed)
     colors = list(PALETTES["flat"])
     items = []
     for i in range(n):
-        style = "flat" if rng.random() < 0.7 else "textured"
-        if i % 2 == 0:
-            rel = rng.choice(DIRECTIONAL + PROXIMITY)
-            subj, obj = sample_relation_scene(rng, rel, size, colors, list(SHAPES), (9, 16))
+        style = "flat" if rng.random() < 0.8 else "textured"
+        if rng.random() < relation_share:
+            rel = rng.choice(DIRECTIONAL + PROXIMITY) if rng.random() < 0.2 else rng.choice(DIRECTIONAL)
+            subj, obj = sample_relation_scene(rng, rel, size, colors, list(SHAPES), radius, tied=tied_colors)
             objects = [subj, obj]
-            other = rng.choice([r for r in family(rel) if r != rel])
             problem = f"Where is the {subj.name} relative to the {obj.name}?"
-            # Half the prompts mention a wrong relation, so the description must come from the image.
-            if rng.random() < 0.5:
-                problem = f"Is the {subj.name} {other} the {obj.name}? Describe what you see."
             text = f"I see the {subj.name} {rel} the {obj.name}."
         else:
             counts = {s: rng.randint(0, max_count) for s in SHAPES}

@@ -136,6 +136,7 @@ def make_relation_items(
     radius: tuple[int, int] = (9, 16),
     prompt_style: str = "vsr",
     id_prefix: str = "rel",
+    tied_colors: bool = False,
 ) -> list[dict]:
     """``n`` relation items (without images: each carries its scene objects for rendering)."""
     from .scenes import PALETTES, SHAPES
@@ -149,7 +150,7 @@ def make_relation_items(
     for i, (claimed, label) in enumerate(label_plan(relations, n, bias, rng)):
         fam = [r for r in family(claimed) if r != claimed]
         seen = claimed if label == 1 else rng.choice(fam)
-        subj, obj = sample_relation_scene(rng, seen, size, colors, shapes, radius)
+        subj, obj = sample_relation_scene(rng, seen, size, colors, shapes, radius, tied=tied_colors)
         caption = caption_for(subj.name, claimed, obj.name)
         items.append(
             {

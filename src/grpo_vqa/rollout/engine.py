@@ -238,7 +238,7 @@ class RolloutEngine:
             float(self.text_config.rms_norm_eps),
         )
         if self.config.batched_vision_attention:
-            install_batched_vision_attention(self.model)
+            install_batched_vision_attention(self.model, compile=self.config.compile)
         self._layer_fn = _decoder_layer
         if self.config.compile:
             self._layer_fn = torch.compile(_decoder_layer, fullgraph=True, dynamic=False)
@@ -448,9 +448,11 @@ class RolloutEngine:
             ).long()
         mm = mm_token_type_ids[idx]
         if "image_grid_thw" in kwargs:
+            # transformers walks each row in Python with small ops and host syncs: do it on the host, copy once
             position_ids, deltas = self.inner.get_rope_index(
-                ids, mm, image_grid_thw=kwargs["image_grid_thw"], attention_mask=mask
+                ids.cpu(), mm.cpu(), image_grid_thw=kwargs["image_grid_thw"].cpu(), attention_mask=mask.cpu()
             )
+            position_ids = position_ids.to(ids.device, non_blocking=True)
             first_pos = mask.sum(-1) + deltas.view(-1).to(mask.device)
         else:  # text only: the model's own positions (0..P-1, pads counted), as in the trainer's forward
             position_ids = torch.arange(ids.shape[1], device=ids.device)[None, None].expand(

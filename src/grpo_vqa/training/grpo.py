@@ -142,8 +142,14 @@ def run_grpo(
     ckpt_dir = Path(ckpt_dir)
     model = load_model(model_path, dtype=dtype)
     processor = load_processor(model_path, padding_side="left")
-    cls = trainer_class(cfg.get("rollout_engine", "hf"))
-    trainer = cls(
+    engine = cfg.get("rollout_engine", "hf")
+    extra = {}
+    if engine == "fast":
+        from ..rollout import RolloutConfig
+
+        extra["rollout_config"] = RolloutConfig.from_dict(cfg.get("rollout"))
+    trainer = trainer_class(engine)(
+        **extra,
         model=model,
         reward_funcs=get_reward_funcs(list(cfg["rewards"])),
         args=grpo_args(cfg, ckpt_dir, seed, log_dir, dtype),

@@ -1,0 +1,165 @@
+"""Progress that reads well in log files: tqdm on a terminal, one plain line per interval otherwise.
+
+* :func:`progress` — a tqdm bar for loops (data generation, evaluation, judging): the usual bar on a TTY; in a
+  log file (not a TTY) one line per ``interval`` seconds, without carriage returns, with rate and ETA.
+* :class:`LogProgress` — a ``transformers.TrainerCallback`` printing one line per ``every`` optimizer steps
+  (and at the end) with the latest logged metrics, elapsed time and ETA. Register it with
+  ``callbacks=[..., LogProgress("sft")]`` and pass ``disable_tqdm=not is_tty()`` to the trainer's args, so a
+  log gets these lines instead of tqdm's carriage-return bar.
+* :func:`report_to` — ``report_to`` for the trainers: TensorBoard under ``log_dir`` plus Weights & Biases when
+  ``wandb.enabled`` is set in the config (off by default, never required).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+#: Metrics shown in a trainer progress line when logged (first found wins the order).
+SHOWN_METRICS = ("loss", "reward", "kl", "learning_rate", "mean_token_accuracy")
+
+
+def is_tty(stream=None) -> bool:
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Lines:
+    """A file for tqdm that writes each refresh as one plain line (carriage returns dropped)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s: str) -> None:
+        s = s.replace("\r", "").strip()
+        if s:
+            self.stream.write(s + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(
+    iterable=None, *, total: int | None = None, desc: str = "", interval: float = 30.0, stream=None, **kw
+):
+    """``tqdm(iterable, total=..., desc=...)``: a live bar on a terminal; on a log file one line per
+    ``interval`` seconds (plus the first and the last), e.g. ``eval test:  50%|#####     | 32/64 [00:10<00:10,
+    3.1it/s]`` — the part in brackets is elapsed<ETA."""
+    stream = stream if stream is not None else sys.stderr
+    if is_tty(stream):
+        return tqdm(iterable, total=total, desc=desc, file=stream, **kw)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        file=_Lines(stream),
+        mininterval=interval,
+        maxinterval=max(interval, 10.0 * interval),
+        ascii=True,
+        ncols=80,
+        dynamic_ncols=False,
+        **kw,
+    )
+
+
+def format_seconds(s: float) -> str:
+    s = int(round(max(0.0, s)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def _trainer_callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class LogProgress(_trainer_callback_base()):
+    """One line per ``every`` optimizer steps (default: about 20 lines per run) and at the end, e.g.
+    ``[grpo] step 40/60 (67%) | reward 0.812 | kl 0.0031 | elapsed 2m10s | ETA 1m05s``.
+
+    The ETA extrapolates the time per step *of this process* (a resumed run does not count the steps it
+    restored), so it stays right after a resume.
+    """
+
+    def __init__(self, name: str, every: int | None = None, stream=None, clock=time.monotonic):
+        self.name = name
+        self.every = every
+        self.stream = stream if stream is not None else sys.stdout
+        self.clock = clock
+        self.t0: float | None = None
+        self.step0 = 0
+        self.metrics: dict[str, float] = {}
+        self.last_printed = -1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = self.clock()
+        self.step0 = int(state.global_step)
+        if self.every is None:
+            self.every = max(1, int(state.max_steps or 0) // 20)
+        self._line(f"start at step {self.step0}/{state.max_steps}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for k, v in (logs or {}).items():
+            if isinstance(v, int | float):
+                self.metrics[k] = float(v)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = int(state.global_step)
+        if step % (self.every or 1) == 0 or step >= state.max_steps:
+            self._status(step, state.max_steps)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.last_printed != int(state.global_step):
+            self._status(int(state.global_step), state.max_steps)
+
+    def status_line(self, step: int, max_steps: int) -> str:
+        elapsed = self.clock() - (self.t0 if self.t0 is not None else self.clock())
+        done = step - self.step0
+        parts = [f"step {step}/{max_steps} ({100.0 * step / max(1, max_steps):.0f}%)"]
+        for key in SHOWN_METRICS:
+            if key in self.metrics:
+                parts.append(f"{key} {self.metrics[key]:.4g}")
+        parts.append(f"elapsed {format_seconds(elapsed)}")
+        if done > 0:
+            parts.append(f"ETA {format_seconds(elapsed / done * max(0, max_steps - step))}")
+        return " | ".join(parts)
+
+    def _status(self, step: int, max_steps: int) -> None:
+        self.last_printed = step
+        self._line(self.status_line(step, max_steps))
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"[{self.name}] {text}\n")
+        self.stream.flush()
+
+
+def report_to(log_dir, logging_cfg: dict | None = None) -> list[str]:
+    """``report_to`` for the trainers: ``["tensorboard"]`` writing under ``log_dir`` (when given), plus
+    ``"wandb"`` when ``logging_cfg["wandb"]["enabled"]`` (project/entity/mode from the same section; ``mode:
+    offline`` keeps runs local until ``wandb sync``). Raises when W&B is enabled but not installed."""
+    out: list[str] = []
+    if log_dir:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
+        out.append("tensorboard")
+    wandb = (logging_cfg or {}).get("wandb") or {}
+    if wandb.get("enabled"):
+        try:
+            import wandb as _  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "logging.wandb.enabled is true but the wandb package is not installed"
+            ) from None
+        os.environ.setdefault("WANDB_PROJECT", str(wandb.get("project") or "grpo-vqa"))
+        if wandb.get("entity"):
+            os.environ.setdefault("WANDB_ENTITY", str(wandb["entity"]))
+        os.environ.setdefault("WANDB_MODE", str(wandb.get("mode") or "offline"))
+        out.append("wandb")
+    return out
