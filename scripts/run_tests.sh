@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
-export HF_HUB_OFFLINE=1 GRPO_VQA_REQUIRE_SLURM=1
+export HF_HUB_OFFLINE=1 GRPO_VQA_REQUIRE_SLURM=1 GRPO_VQA_REQUIRE_CHROMIUM=1
 scripts/slurm/start_local_slurm.sh
 trap 'scripts/slurm/stop_local_slurm.sh || true' EXIT
 python3 -m ruff check .
 python3 -m ruff format --check .
-python3 -m snakemake --lint --cores 1 >/dev/null
-python3 -m pytest -q "$@"
+# -m "not slow": the end-to-end learning checks on the full embedded default (tests/test_embedded_run.py,
+# about 10 minutes on 2 cores) run with `python3 -m pytest -m slow`.
+python3 -m pytest -q -m "not slow" "$@"

@@ -38,7 +38,8 @@ def config_hash(config: object) -> str:
 
 def git_commit(repo: str | Path | None = None) -> dict:
     """The current commit and whether the tree has uncommitted changes (``None`` outside a checkout)."""
-    cwd = str(repo) if repo else None
+    # The checkout this package runs from (a workflow may run in another working directory).
+    cwd = str(repo) if repo else str(Path(__file__).resolve().parents[2])
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True

@@ -2,18 +2,16 @@ from grpo_vqa.reporting.paper import table_inputs  # noqa: E402
 from grpo_vqa.reporting.report import (  # noqa: E402
     JUDGE_FAMILY,
     provenance_labels,
-    report_targets,
+    register_embedded_figure,
     table_family,
 )
+
+register_embedded_figure()  # `.. embedded-figure::` in workflow/report/workflow.rst
 
 # Snakemake's native report (`snakemake --report results/report.html`): the tables and figures below and the
 # judge's outputs (judge.smk) are flagged with report(...), with a caption in workflow/report/ and labels read
 # from each file's `*.provenance.json` sidecar (config hash, git commit, package versions).
 
-# `all` also builds the report-only outputs, so that `snakemake --report` (default target: `all`) finds them
-# (the same as adding `+ report_targets(config)` to all_targets() in common.smk).
-_all_targets_without_report = all_targets
-all_targets = lambda: _all_targets_without_report() + report_targets(config)
 
 
 rule table:

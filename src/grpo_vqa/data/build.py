@@ -14,8 +14,6 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..io import atomic_write_json
 from .images import DataError
 from .scenes import Scene, render
@@ -72,7 +70,9 @@ def _finalise_synthetic(
     style = cfg.get("style", "flat")
     rng = random.Random(split_seed_ ^ 0x5EED)
     out = []
-    for item in tqdm(items, desc=f"render {split}", mininterval=5, disable=None):
+    from ..training.progress import progress
+
+    for item in progress(items, desc=f"render {split}", interval=30):
         objects = item.pop("_objects")
         path = image_dir / f"{item['id']}.png"
         if "_image" in item:

@@ -6,8 +6,6 @@ import json
 import os
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..data.images import load_image
 from ..data.scenes import blank_like
 from ..parsing import extract_answer, extract_think, format_ok
@@ -94,7 +92,9 @@ def evaluate_split(
             done[rec["id"]] = rec
     rows = [ds[i] for i in range(len(ds))]
     todo = [r for r in rows if r["id"] not in done]
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, mininterval=10, disable=None)
+    from ..training.progress import progress
+
+    bar = progress(total=len(rows), initial=len(rows) - len(todo), desc=desc, interval=30)
     with open(cache_path, "a", encoding="utf-8") as fh:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]

@@ -55,3 +55,19 @@ def provenance_labels(key, pattern: str | None = None):
         return sidecar_labels(path)
 
     return labels
+
+
+def register_embedded_figure(name: str = "embedded-figure") -> None:
+    """Register the reST directive ``.. embedded-figure:: <path>``: a figure whose image is inlined as a data
+    URI, so the report stays one self-contained file. (Snakemake's own ``embeddedfigure`` keeps the file path:
+    its mixin comes after ``Figure`` in the bases, so its ``run`` is never called.)"""
+    from docutils.parsers.rst import directives
+    from docutils.parsers.rst.directives.images import Figure
+    from snakemake.report.common import data_uri_from_file
+
+    class EmbeddedFigure(Figure):
+        def run(self):
+            self.arguments[0] = data_uri_from_file(self.arguments[0])
+            return super().run()
+
+    directives.register_directive(name, EmbeddedFigure)

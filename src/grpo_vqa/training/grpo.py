@@ -20,6 +20,7 @@ from .common import (
     tensorboard_to,
     with_images,
 )
+from .progress import LogProgress, is_tty
 
 # Dataset columns handed to reward functions (TRL passes every non-prompt column as a keyword argument).
 REWARD_COLUMNS = ("solution", "boxes", "target_shape", "choices", "relation", "task")
@@ -64,6 +65,7 @@ def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | 
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        disable_tqdm=not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
         remove_unused_columns=False,
         log_completions=False,
     )
@@ -156,7 +158,7 @@ def run_grpo(
         train_dataset=train_rows,
         processing_class=processor,
         peft_config=lora_config(cfg["lora"]),
-        callbacks=[make_complete_marker_callback()],
+        callbacks=[make_complete_marker_callback(), LogProgress("grpo")],
     )
     resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:

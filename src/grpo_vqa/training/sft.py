@@ -21,6 +21,7 @@ from .common import (
     tensorboard_to,
     with_images,
 )
+from .progress import LogProgress, is_tty
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def run_sft(
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         use_cpu=not _cuda(),
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
     )
     trainer = SFTTrainer(
         model=model,
@@ -93,7 +94,11 @@ def run_sft(
         processing_class=processor,
         peft_config=lora_config(cfg["lora"]) if use_lora else None,
         # the token count is saved before the completion marker (callbacks run in this order)
-        callbacks=[_token_count_callback(lambda: trainer), make_complete_marker_callback()],
+        callbacks=[
+            _token_count_callback(lambda: trainer),
+            make_complete_marker_callback(),
+            LogProgress("sft"),
+        ],
     )
     resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:
