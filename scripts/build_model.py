@@ -29,7 +29,10 @@ def main() -> None:
         from grpo_vqa.training.pretrain import warm_start
 
         setup_runtime(args.seed, args.threads)
-        init_dir = Path(args.ckpt) / "init"
+        from grpo_vqa.training.common import run_checkpoint_dir
+
+        ckpt = run_checkpoint_dir(args.ckpt, {"model": cfg, "seed": args.seed})
+        init_dir = ckpt / "init"
         if not (init_dir / "config.json").exists():
             if init_dir.exists():
                 shutil.rmtree(init_dir)
@@ -40,7 +43,7 @@ def main() -> None:
             warm_start(
                 init_dir,
                 args.model_dir,
-                Path(args.ckpt) / "warm_start",
+                ckpt / "warm_start",
                 pre,
                 args.seed,
                 cfg.get("tiny", {}).get("image_size", 112),

@@ -4,7 +4,7 @@ from grpo_vqa import cli
 from grpo_vqa.data.build import load_split
 from grpo_vqa.models.refs import resolve_model
 from grpo_vqa.provenance import write_sidecar
-from grpo_vqa.training.common import setup_runtime
+from grpo_vqa.training.common import run_checkpoint_dir, setup_runtime
 from grpo_vqa.training.grpo import grpo_rows, run_grpo
 
 
@@ -23,7 +23,7 @@ def main() -> None:
         resolve_model(args.model),
         rows,
         args.out,
-        args.ckpt,
+        run_checkpoint_dir(args.ckpt, cfg, resolve_model(args.model), args.data),
         cfg["grpo"],
         cfg["seed"],
         log_dir=args.log_dir,

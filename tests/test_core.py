@@ -100,3 +100,16 @@ def test_vsr_main_table_reads_scores(tmp_path):
 
 def test_sft_target_format():
     assert target_text("I see x.", "True") == "<think>I see x.</think><answer>True</answer>"
+
+
+def test_checkpoints_are_keyed_on_settings_and_inputs(tmp_path):
+    from grpo_vqa.training.common import run_checkpoint_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    first = run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, model)
+    assert first == run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, model)  # a retry resumes
+    assert first != run_checkpoint_dir(tmp_path / "ck", {"lr": 2}, model)  # a config edit starts afresh
+    (model / "model.safetensors").write_bytes(b"retrained")
+    assert first != run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, model)  # so does a retrained input

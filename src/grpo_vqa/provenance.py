@@ -77,6 +77,23 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def path_fingerprint(path: str | Path) -> str:
+    """Cheap identity of a file or directory tree (relative names, sizes, mtimes); a hub id is its own name."""
+    h = hashlib.sha256()
+    root = Path(path)
+    if root.is_dir():
+        for f in sorted(root.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    elif root.is_file():
+        st = root.stat()
+        h.update(f"{root.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        h.update(str(path).encode())
+    return h.hexdigest()
+
+
 def provenance_record(config: object, inputs: list[str | Path] | tuple = ()) -> dict:
     """Everything needed to say where a result came from."""
     inputs_info = {}

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from ..data.build import load_split
 from ..io import atomic_write_json
+from ..provenance import config_hash, path_fingerprint
 from .generate import evaluate_split
 from .scores import split_scores
 
 
 def model_fingerprint(model_path: str, cfg: dict) -> str:
-    """Hash of the model files' names, sizes and mtimes (or the hub id) plus the evaluation settings."""
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    root = Path(model_path)
-    if root.is_dir():
-        for f in sorted(root.rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    else:
-        h.update(model_path.encode())
-    return h.hexdigest()[:16]
+    """Identity of the model files plus the evaluation settings (cached responses are valid for both only)."""
+    return config_hash({"model": path_fingerprint(model_path), "cfg": cfg})[:16]
 
 
 def evaluation_sets(

@@ -81,6 +81,18 @@ def lora_config(cfg: dict, task_type: str = "CAUSAL_LM"):
     )
 
 
+def run_checkpoint_dir(base: str | Path, cfg: dict, *inputs: str | Path) -> Path:
+    """``base/run-<key>``: checkpoints of *this* run, keyed on its settings and its inputs' identities.
+
+    A retried or rerun job with the same settings and inputs resumes; after a config edit or a retrained
+    input model the key changes, so stale checkpoints are never resumed from.
+    """
+    from ..provenance import config_hash, path_fingerprint
+
+    key = config_hash({"cfg": cfg, "inputs": [path_fingerprint(p) for p in inputs]})[:12]
+    return Path(base) / f"run-{key}"
+
+
 def latest_complete_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """The newest ``checkpoint-N`` folder carrying the completion marker (half-written ones are ignored)."""
     ckpt_dir = Path(ckpt_dir)
