@@ -255,3 +255,39 @@ def test_faulty_server_200_items_counts(tmp_path, env_key, capsys):
         assert s2["requests_sent"] == 0
         with capsys.disabled():
             print("\nfaulty-server run:", json.dumps({"summary": s, "server_by_mode": dict(srv.by_mode)}))
+
+
+def test_identical_responses_share_a_verdict_but_keep_their_ids(tmp_path):
+    """Two items with the same question and response are judged once; the output names both ids."""
+    from grpo_vqa.judge.runner import judge_file
+
+    item = {
+        "task": "relation",
+        "question": "Is the following statement true: The red circle is left of the blue square.",
+        "response": "<think>I see the red circle left of the blue square. The statement says left of. "
+        "They match.</think><answer>True</answer>",
+        "reasoning": "I see the red circle left of the blue square. The statement says left of. They match.",
+        "parsed_answer": "True",
+        "solution": "True",
+        "correct": True,
+        "format_ok": True,
+        "relation": "left of",
+        "caption": "The red circle is left of the blue square.",
+    }
+    items = [item | {"id": "a"}, item | {"id": "b"}]
+    responses = tmp_path / "generated_responses_test.json"
+    responses.write_text(json.dumps(items))
+    out = tmp_path / "judged.jsonl"
+    cfg = {
+        "backend": "rules",
+        "model": "rules",
+        "prompt": "taxonomy",
+        "concurrency": 1,
+        "max_items_per_split": None,
+    }
+    judge_file(
+        responses, out, tmp_path / "cache", cfg, run="r", stage="grpo", split="test", prompt_name="taxonomy"
+    )
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["a", "b"]
+    assert recs[0]["aligns"] == recs[1]["aligns"] is True

@@ -101,8 +101,13 @@ def extra_eval_sets(w):
 
 
 def judge_human_labels(wildcards):
+    """The human-label CSV; a relative path is taken from the working directory, else from the checkout."""
     path = config["judge"].get("human_labels")
-    return [path] if path else []
+    if not path:
+        return []
+    if not Path(path).is_absolute() and not Path(path).exists() and (REPO / path).exists():
+        return [str(REPO / path)]
+    return [path]
 
 
 def table_targets():

@@ -258,8 +258,10 @@ def judge_file(
     lines = []
     counts = {"ok": 0, "unparseable": 0, "failed": 0}
     for it, k in zip(items, keys, strict=True):
+        # Identical (question, response) pairs share one cached verdict; each output line keeps its own id.
         rec = dict(cache.records.get(k) or failed[k])
         rec.update(
+            id=str(it["id"]),
             run=run,
             stage=stage,
             split=split,
