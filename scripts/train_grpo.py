@@ -9,13 +9,7 @@ from grpo_vqa.training.grpo import grpo_rows, run_grpo
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
-    p.add_argument("--model", required=True, help="model ref JSON or model directory")
-    p.add_argument("--data", required=True, help="dataset directory (make_dataset output)")
-    p.add_argument("--out", required=True, help="final adapter directory")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder (kept across retries)")
-    p.add_argument("--log-dir", default=None, help="TensorBoard folder")
-    args = p.parse_args()
+    args = cli.training_parser(__doc__).parse_args()
     cfg = cli.load_cfg(args)
     setup_runtime(cfg["seed"], args.threads)
     rows = grpo_rows(load_split(args.data, "train"), cfg.get("system_prompt"))

@@ -19,6 +19,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def training_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every training script takes (model, data, final output, checkpoints, TensorBoard)."""
+    p = parser(description)
+    p.add_argument("--model", required=True, help="model ref JSON or model directory")
+    p.add_argument("--data", required=True, help="dataset directory (make_dataset output)")
+    p.add_argument("--out", required=True, help="final adapter directory")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (kept across retries)")
+    p.add_argument("--log-dir", default=None, help="TensorBoard folder")
+    return p
+
+
 def load_cfg(args: argparse.Namespace) -> dict:
     try:
         return json.loads(args.config_json)

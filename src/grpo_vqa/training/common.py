@@ -34,6 +34,31 @@ def tensorboard_to(log_dir: str | Path | None) -> list[str]:
     return ["tensorboard"]
 
 
+def shared_trainer_kwargs(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str) -> dict:
+    """TrainingArguments both trainers take the same way (checkpointing, logging, seeds, precision, device)."""
+    import torch
+
+    from .progress import is_tty
+
+    return {
+        "output_dir": str(ckpt_dir),
+        "max_steps": int(cfg["max_steps"]),
+        "learning_rate": float(cfg["learning_rate"]),
+        "per_device_train_batch_size": int(cfg["batch_size"]),
+        "gradient_accumulation_steps": int(cfg.get("grad_accum", 1)),
+        "save_strategy": "steps",
+        "save_total_limit": 2,
+        "report_to": tensorboard_to(log_dir),
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX
+        "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False)),
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
+    }
+
+
 def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
     """Conversational prompt with one image before the question (the chat template places it)."""
     messages = []

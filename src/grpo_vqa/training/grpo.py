@@ -17,10 +17,10 @@ from .common import (
     make_complete_marker_callback,
     prompt_messages,
     replace_dir,
-    tensorboard_to,
+    shared_trainer_kwargs,
     with_images,
 )
-from .progress import LogProgress, is_tty
+from .progress import LogProgress
 
 # Dataset columns handed to reward functions (TRL passes every non-prompt column as a keyword argument).
 REWARD_COLUMNS = ("solution", "boxes", "target_shape", "choices", "relation", "task")
@@ -36,15 +36,10 @@ def grpo_rows(ds, system_prompt: str | None):
 
 def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | None, dtype: str):
     """A ``GRPOConfig`` from the pipeline's flat ``grpo`` section."""
-    import torch
     from trl import GRPOConfig
 
     return GRPOConfig(
-        output_dir=str(ckpt_dir),
-        max_steps=int(cfg["max_steps"]),
-        learning_rate=float(cfg["learning_rate"]),
-        per_device_train_batch_size=int(cfg["batch_size"]),
-        gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
+        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype),
         num_generations=int(cfg["num_generations"]),
         max_completion_length=int(cfg["max_completion_length"]),
         temperature=float(cfg.get("temperature", 1.0)),
@@ -55,17 +50,7 @@ def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | 
         reward_weights=cfg.get("reward_weights"),
         lr_scheduler_type="constant",
         logging_steps=1,
-        save_strategy="steps",
         save_steps=int(cfg.get("save_steps", 20)),
-        save_total_limit=2,
-        report_to=tensorboard_to(log_dir),
-        seed=seed,
-        data_seed=seed,
-        bf16=dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX
-        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
         remove_unused_columns=False,
         log_completions=False,
     )

@@ -17,11 +17,11 @@ from .common import (
     make_complete_marker_callback,
     prompt_messages,
     replace_dir,
+    shared_trainer_kwargs,
     target_text,
-    tensorboard_to,
     with_images,
 )
-from .progress import LogProgress, is_tty
+from .progress import LogProgress
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +65,13 @@ def run_sft(
     model = load_model(model_path, dtype=dtype)
     processor = load_processor(model_path, padding_side="right")
     args = SFTConfig(
-        output_dir=str(ckpt_dir),
-        max_steps=int(cfg["max_steps"]),
-        learning_rate=float(cfg["learning_rate"]),
-        per_device_train_batch_size=int(cfg["batch_size"]),
-        gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
+        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype),
         lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
         warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
         max_length=None,  # a length limit could cut image tokens
         completion_only_loss=True,
         logging_steps=max(1, int(cfg["max_steps"]) // 25),
-        save_strategy="steps",
         save_steps=int(cfg.get("save_steps", 50)),
-        save_total_limit=2,
-        report_to=tensorboard_to(log_dir),
-        seed=seed,
-        data_seed=seed,
-        bf16=dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX
-        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
-        use_cpu=not _cuda(),
-        dataloader_num_workers=0,
-        disable_tqdm=not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
     )
     trainer = SFTTrainer(
         model=model,
