@@ -245,11 +245,14 @@ def test_faulty_server_200_items_counts(tmp_path, env_key, capsys):
     with FakeOpenAIServer(fault_rates=rates, seed=7, hang_s=2.0) as srv:
         c = cfg(srv, concurrency=16, timeout_s=0.5, max_retries=6)
         s = judge_file(resp, tmp_path / "o.jsonl", tmp_path / "c", c)
-        assert s["requests_sent"] == srv.total
+        # A request that timed out before the (loaded) server accepted it is counted by the client only, and
+        # retried; so the client's count may exceed the server's by at most its retries.
+        unseen = s["requests_sent"] - srv.total
+        assert 0 <= unseen <= s["retries"]
         assert s["ok"] + s["unparseable"] + s["failed"] == 200
         recs = read_jsonl(tmp_path / "o.jsonl")
         assert len(recs) == 200 and sum(r["status"] == "unparseable" for r in recs) == s["unparseable"]
-        assert s["retries"] == sum(srv.by_mode[m] for m in ("429", "500", "503", "hang", "badbody"))
+        assert s["retries"] == sum(srv.by_mode[m] for m in ("429", "500", "503", "hang", "badbody")) + unseen
         assert s["reasked"] >= 1 and s["failed"] == 0
         s2 = judge_file(resp, tmp_path / "o.jsonl", tmp_path / "c", c)
         assert s2["requests_sent"] == 0
