@@ -8,6 +8,6 @@ scripts/slurm/start_local_slurm.sh
 trap 'scripts/slurm/stop_local_slurm.sh || true' EXIT
 python3 -m ruff check .
 python3 -m ruff format --check .
-# -m "not slow": the end-to-end learning checks on the full embedded default (tests/test_embedded_run.py,
-# about 10 minutes on 2 cores) run with `python3 -m pytest -m slow`.
-python3 -m pytest -q -m "not slow" "$@"
+# -m "not embedded": the end-to-end checks on a full embedded-default run (tests/test_embedded_run.py,
+# about 10 minutes on 2 cores) run with `python3 -m pytest -m embedded`.
+python3 -m pytest -q -m "not embedded" "$@"

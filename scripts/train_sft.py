@@ -17,12 +17,15 @@ def main() -> None:
         resolve_model(args.model),
         rows,
         args.out,
-        run_checkpoint_dir(args.ckpt, cfg, resolve_model(args.model), args.data),
+        run_checkpoint_dir(
+            args.ckpt, {k: v for k, v in cfg.items() if k != "logging"}, resolve_model(args.model), args.data
+        ),
         cfg["sft"],
         cfg["seed"],
         use_lora=True,
         log_dir=args.log_dir,
         dtype=cfg.get("dtype", "float32"),
+        logging_cfg=cfg.get("logging"),
     )
     write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
     print(f"[sft] done: {len(result['history'])} log entries, resumed from {result['resumed_from']}")

@@ -113,3 +113,12 @@ def test_checkpoints_are_keyed_on_settings_and_inputs(tmp_path):
     assert first != run_checkpoint_dir(tmp_path / "ck", {"lr": 2}, model)  # a config edit starts afresh
     (model / "model.safetensors").write_bytes(b"retrained")
     assert first != run_checkpoint_dir(tmp_path / "ck", {"lr": 1}, model)  # so does a retrained input
+
+
+def test_trainer_logging_targets(tmp_path, monkeypatch):
+    from grpo_vqa.training.progress import report_to
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    assert report_to(tmp_path / "tb", {"wandb": {"enabled": False}}) == ["tensorboard"]
+    assert str(tmp_path / "tb") == __import__("os").environ["TENSORBOARD_LOGGING_DIR"]
+    assert report_to(None, None) == []

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("vsr_qwen", "vsr_smolvlm")
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-REPO = Path(workflow.basedir).parent
+REPO = Path(str(workflow.current_basedir)).resolve().parents[1]  # this file is workflow/rules/common.smk
 SCRIPTS = str(REPO / "scripts")
 sys.path.insert(0, str(REPO / "src"))
 
@@ -60,6 +60,7 @@ def train_params(exp, stage):
             "seed": SEED,
             "system_prompt": config.get("system_prompt"),
             "dtype": model_dtype(exp),
+            "logging": config.get("logging"),
         }
     )
 

@@ -26,19 +26,15 @@ def setup_runtime(seed: int, threads: int | None) -> None:
     torch.manual_seed(seed)
 
 
-def tensorboard_to(log_dir: str | Path | None) -> list[str]:
-    """``report_to`` for the trainers; TensorBoard writes under ``log_dir`` (transformers reads the env var)."""
-    if not log_dir:
-        return []
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
-    return ["tensorboard"]
+def shared_trainer_kwargs(
+    cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: dict | None = None
+) -> dict:
+    """TrainingArguments both trainers take the same way (checkpointing, logging, seeds, precision, device).
 
-
-def shared_trainer_kwargs(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str) -> dict:
-    """TrainingArguments both trainers take the same way (checkpointing, logging, seeds, precision, device)."""
+    Logs go to TensorBoard under ``log_dir``, and to Weights & Biases when ``logging_cfg.wandb.enabled``."""
     import torch
 
-    from .progress import is_tty
+    from .progress import is_tty, report_to
 
     return {
         "output_dir": str(ckpt_dir),
@@ -48,7 +44,7 @@ def shared_trainer_kwargs(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str) -
         "gradient_accumulation_steps": int(cfg.get("grad_accum", 1)),
         "save_strategy": "steps",
         "save_total_limit": 2,
-        "report_to": tensorboard_to(log_dir),
+        "report_to": report_to(log_dir, logging_cfg),
         "seed": seed,
         "data_seed": seed,
         "bf16": dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX

@@ -34,12 +34,19 @@ def grpo_rows(ds, system_prompt: str | None):
     return ds.remove_columns([c for c in ds.column_names if c not in keep])
 
 
-def grpo_args(cfg: dict, ckpt_dir: str | Path, seed: int, log_dir: str | Path | None, dtype: str):
+def grpo_args(
+    cfg: dict,
+    ckpt_dir: str | Path,
+    seed: int,
+    log_dir: str | Path | None,
+    dtype: str,
+    logging_cfg: dict | None = None,
+):
     """A ``GRPOConfig`` from the pipeline's flat ``grpo`` section."""
     from trl import GRPOConfig
 
     return GRPOConfig(
-        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype),
+        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
         num_generations=int(cfg["num_generations"]),
         max_completion_length=int(cfg["max_completion_length"]),
         temperature=float(cfg.get("temperature", 1.0)),
@@ -123,6 +130,7 @@ def run_grpo(
     seed: int,
     log_dir: str | Path | None = None,
     dtype: str = "float32",
+    logging_cfg: dict | None = None,
 ) -> dict:
     from ..models.loading import load_model, load_processor
 
@@ -139,7 +147,7 @@ def run_grpo(
         **extra,
         model=model,
         reward_funcs=get_reward_funcs(list(cfg["rewards"])),
-        args=grpo_args(cfg, ckpt_dir, seed, log_dir, dtype),
+        args=grpo_args(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
         train_dataset=train_rows,
         processing_class=processor,
         peft_config=lora_config(cfg["lora"]),

@@ -55,6 +55,7 @@ def run_sft(
     use_lora: bool = True,
     log_dir: str | Path | None = None,
     dtype: str = "float32",
+    logging_cfg: dict | None = None,
 ) -> dict:
     """Train and save the final model (LoRA adapter or full weights) plus processor to ``out_dir``."""
     from trl import SFTConfig, SFTTrainer
@@ -65,7 +66,7 @@ def run_sft(
     model = load_model(model_path, dtype=dtype)
     processor = load_processor(model_path, padding_side="right")
     args = SFTConfig(
-        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype),
+        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
         lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
         warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
         max_length=None,  # a length limit could cut image tokens
