@@ -166,6 +166,24 @@ def relation_problem(subj: str, predicate: str, obj: str) -> str:
 # ---------------------------------------------------------------------------------------------- images
 
 
+def triplet_item(item_id: str, subj: str, pred: str, obj: str, label: int) -> dict:
+    """A (subject, predicate, object) relation item in the pipeline's columns (Rel3D, SpatialSense)."""
+    from grpo_vqa.data.schema import vsr_solution
+
+    return {
+        "id": item_id,
+        "problem": relation_problem(subj, pred, obj),
+        "solution": vsr_solution(label),
+        "reasoning": "",
+        "task": "relation",
+        "caption": f"{subj} {pred} {obj}",
+        "label": label,
+        "relation": pred,
+        "subj": subj,
+        "obj": obj,
+    }
+
+
 def _atomic_write_bytes(dest: Path, data: bytes) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

@@ -23,12 +23,11 @@ from grpo_vqa.data.real.common import (
     dataset_split,
     local_dir,
     read_json,
-    relation_problem,
     require,
     short_hash,
     source_of,
+    triplet_item,
 )
-from grpo_vqa.data.schema import vsr_solution
 
 NAME = "rel3d"
 COLUMNS = ("rgb", "subject", "object", "predicate", "label")
@@ -51,18 +50,9 @@ def format_sample(sample: dict, where: str) -> dict:
     require(sample, COLUMNS, where)
     subj, obj = _name(sample["subject"], "subject", where), _name(sample["object"], "object", where)
     pred, label = str(sample["predicate"]), binary_label(sample["label"], where)
-    return {
-        "id": f"rel3d-{Path(str(sample['rgb'])).stem}-{short_hash(subj, pred, obj, n=8)}",
-        "problem": relation_problem(subj, pred, obj),
-        "solution": vsr_solution(label),
-        "reasoning": "",
-        "task": "relation",
-        "caption": f"{subj} {pred} {obj}",
-        "label": label,
-        "relation": pred,
-        "subj": subj,
-        "obj": obj,
-    }
+    return triplet_item(
+        f"rel3d-{Path(str(sample['rgb'])).stem}-{short_hash(subj, pred, obj, n=8)}", subj, pred, obj, label
+    )
 
 
 def load(cfg: dict, split: str) -> list[Pending]:

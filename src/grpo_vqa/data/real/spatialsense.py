@@ -23,11 +23,10 @@ from grpo_vqa.data.real.common import (
     existing_file,
     local_dir,
     read_json,
-    relation_problem,
     require,
     source_of,
+    triplet_item,
 )
-from grpo_vqa.data.schema import vsr_solution
 
 NAME = "spatialsense"
 IMAGE_COLUMNS = ("url", "split", "annotations")
@@ -51,18 +50,7 @@ def format_annotation(annot: dict, where: str) -> dict:
         names.append(str(part["name"]))
     subj, obj = names
     pred, label = str(annot["predicate"]), binary_label(annot["label"], where)
-    return {
-        "id": f"spatialsense-{annot['_id']}",
-        "problem": relation_problem(subj, pred, obj),
-        "solution": vsr_solution(label),
-        "reasoning": "",
-        "task": "relation",
-        "caption": f"{subj} {pred} {obj}",
-        "label": label,
-        "relation": pred,
-        "subj": subj,
-        "obj": obj,
-    }
+    return triplet_item(f"spatialsense-{annot['_id']}", subj, pred, obj, label)
 
 
 def load(cfg: dict, split: str) -> list[Pending]:
