@@ -12,14 +12,14 @@ def main() -> None:
     args = cli.training_parser(__doc__).parse_args()
     cfg = cli.load_cfg(args)
     setup_runtime(cfg["seed"], args.threads)
+    model = resolve_model(args.model)
     rows = sft_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
     result = run_sft(
-        resolve_model(args.model),
+        model,
         rows,
         args.out,
-        run_checkpoint_dir(
-            args.ckpt, {k: v for k, v in cfg.items() if k != "logging"}, resolve_model(args.model), args.data
-        ),
+        # logging targets do not change the training, so they do not change the checkpoint key
+        run_checkpoint_dir(args.ckpt, {k: v for k, v in cfg.items() if k != "logging"}, model, args.data),
         cfg["sft"],
         cfg["seed"],
         use_lora=True,

@@ -144,6 +144,26 @@ def make_complete_marker_callback():
     return CompleteMarker()
 
 
+def train_resume_save(
+    trainer, processor, ckpt_dir, out_dir, name: str, history_key: str, on_resume=None
+) -> dict:
+    """Train (resuming from the newest complete checkpoint in ``ckpt_dir``), then write the final model,
+    processor and per-step history (log entries holding ``history_key``) atomically to ``out_dir``."""
+    resume = latest_complete_checkpoint(ckpt_dir)
+    if resume is not None:
+        print(f"[{name}] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
+        if on_resume is not None:
+            on_resume(resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    tmp = Path(str(out_dir) + ".tmp")
+    trainer.save_model(str(tmp))
+    processor.save_pretrained(str(tmp))
+    history = [h for h in trainer.state.log_history if history_key in h]
+    (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
+    replace_dir(tmp, out_dir)
+    return {"history": history, "resumed_from": str(resume) if resume else None}
+
+
 def replace_dir(src: str | Path, dst: str | Path) -> None:
     """Move a finished directory into place, replacing any older one."""
     dst = Path(dst)

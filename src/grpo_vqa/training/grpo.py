@@ -7,17 +7,15 @@ reward history (``train_history.json``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..rewards import get_reward_funcs
 from .common import (
-    latest_complete_checkpoint,
     lora_config,
     make_complete_marker_callback,
     prompt_messages,
-    replace_dir,
     shared_trainer_kwargs,
+    train_resume_save,
     with_images,
 )
 from .progress import LogProgress
@@ -153,14 +151,4 @@ def run_grpo(
         peft_config=lora_config(cfg["lora"]),
         callbacks=[make_complete_marker_callback(), LogProgress("grpo")],
     )
-    resume = latest_complete_checkpoint(ckpt_dir)
-    if resume is not None:
-        print(f"[grpo] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    tmp = Path(str(out_dir) + ".tmp")
-    trainer.save_model(str(tmp))
-    processor.save_pretrained(str(tmp))
-    history = [h for h in trainer.state.log_history if "reward" in h]
-    (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
-    replace_dir(tmp, out_dir)
-    return {"history": history, "resumed_from": str(resume) if resume else None}
+    return train_resume_save(trainer, processor, ckpt_dir, out_dir, "grpo", "reward")

@@ -8,22 +8,18 @@ written to ``out_dir``, atomically.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from .common import (
-    latest_complete_checkpoint,
     lora_config,
     make_complete_marker_callback,
     prompt_messages,
-    replace_dir,
     shared_trainer_kwargs,
     target_text,
+    train_resume_save,
     with_images,
 )
 from .progress import LogProgress
-
-log = logging.getLogger(__name__)
 
 
 def sft_rows(ds, system_prompt: str | None, completion_field: str | None = None):
@@ -87,19 +83,15 @@ def run_sft(
             LogProgress("sft"),
         ],
     )
-    resume = latest_complete_checkpoint(ckpt_dir)
-    if resume is not None:
-        log.info("resuming SFT from %s", resume)
-        print(f"[sft] resuming from {resume}", flush=True)
-        _restore_token_count(trainer, resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    tmp = Path(str(out_dir) + ".tmp")
-    trainer.save_model(str(tmp))
-    processor.save_pretrained(str(tmp))
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
-    replace_dir(tmp, out_dir)
-    return {"history": history, "resumed_from": str(resume) if resume else None}
+    return train_resume_save(
+        trainer,
+        processor,
+        ckpt_dir,
+        out_dir,
+        "sft",
+        "loss",
+        on_resume=lambda ck: _restore_token_count(trainer, ck),
+    )
 
 
 TOKEN_COUNT_FILE = "num_tokens.json"
