@@ -289,3 +289,38 @@ def test_trl_sft_and_grpo_smoke(built, tmp_path):
     assert len(seen) == 2 and all(
         c[0]["role"] == "assistant" and isinstance(c[0]["content"], str) for c in seen
     )
+
+
+def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
+    """A job killed after its last checkpoint but before writing its output must not train again on rerun."""
+    import datasets
+    from safetensors.torch import load_file
+
+    from grpo_vqa.training.sft import run_sft
+
+    rows = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": build_messages(f"Is the cat left of the dog? {i}"),
+                "completion": [
+                    {"role": "assistant", "content": [{"type": "text", "text": "<answer>True</answer>"}]}
+                ],
+                "image": red_image(),
+            }
+            for i in range(7)  # the last checkpoint falls mid-epoch, as in a real run
+        ]
+    )
+    cfg = {
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "batch_size": 2,
+        "save_steps": 1,
+        "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
+    }
+    path = str(built["qwen2_5_vl"])
+    first = run_sft(path, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0)
+    again = run_sft(path, rows, tmp_path / "b", tmp_path / "ck", cfg, seed=0)
+    assert again["resumed_from"].endswith("checkpoint-2")
+    assert [h["step"] for h in again["history"]] == [h["step"] for h in first["history"]] == [1, 2]
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -154,7 +154,15 @@ def train_resume_save(
         print(f"[{name}] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
         if on_resume is not None:
             on_resume(resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume is not None and int(resume.name.split("-")[-1]) >= trainer.args.max_steps:
+        # Killed after the last checkpoint but before the output was written: training is finished. Resuming
+        # through train() would run one extra step, so load the final checkpoint's weights and state instead.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     tmp = Path(str(out_dir) + ".tmp")
     trainer.save_model(str(tmp))
     processor.save_pretrained(str(tmp))
