@@ -1,7 +1,7 @@
 """Render one paper table (Markdown + CSV + figures + provenance) from upstream files. Called by rule table."""
 
 from grpo_vqa import cli
-from grpo_vqa.reporting.paper import BUILDERS
+from grpo_vqa.reporting.paper import build_table
 
 
 def main() -> None:
@@ -11,7 +11,7 @@ def main() -> None:
     p.add_argument("--fig-dir", default="results/figures")
     args = p.parse_args()
     config = cli.load_cfg(args)
-    outputs = BUILDERS[args.name](config, config["tables"][args.name], args.out, args.fig_dir)
+    outputs = build_table(args.name, config, args.out, args.fig_dir)
     print("\n".join(str(o) for o in outputs))
 
 

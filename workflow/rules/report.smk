@@ -17,7 +17,7 @@ register_embedded_figure()  # `.. embedded-figure::` in workflow/report/workflow
 rule table:
     """A paper table (Markdown + CSV), its figures and provenance sidecars, from upstream score files."""
     input:
-        lambda w: table_inputs(w.table, config["tables"][w.table]),
+        lambda w: table_inputs(w.table, config),
     output:
         md=report(
             "results/tables/{table}.md",

@@ -3,6 +3,8 @@ and provenance sidecars."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import read_json
@@ -80,16 +82,38 @@ def build_vsr_main(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> 
     return outputs
 
 
-BUILDERS = {"vsr_main": build_vsr_main}
-
-
-def table_inputs(name: str, table_cfg: dict) -> list[str]:
-    """Upstream files a table reads (for the Snakemake rule)."""
+def vsr_main_inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = list(table_cfg["experiments"])
-    if name == "vsr_main":
-        return (
-            [f"results/eval/{e}/{s}/scores.json" for e in exps for s in ("base", "sft", "grpo")]
-            + [f"results/runs/{e}/grpo/adapter" for e in exps]
-            + [f"results/eval/{e}/{s}/generated_responses_test.json" for e in exps for s in ("sft", "grpo")]
-        )
-    raise KeyError(f"tables.{name}: no builder for this table; known: {', '.join(BUILDERS)}")
+    return (
+        [f"results/eval/{e}/{s}/scores.json" for e in exps for s in ("base", "sft", "grpo")]
+        + [f"results/runs/{e}/grpo/adapter" for e in exps]
+        + [f"results/eval/{e}/{s}/generated_responses_test.json" for e in exps for s in ("sft", "grpo")]
+    )
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A paper table: ``build(config, table_cfg, out_md, fig_dir) -> outputs`` and the upstream files it reads,
+    ``inputs(config, table_cfg) -> paths`` (the Snakemake rule's inputs)."""
+
+    build: Callable[[dict, dict, str, str], list[Path]]
+    inputs: Callable[[dict, dict], list[str]]
+
+
+#: Every table by its name under ``tables:`` in the config.
+TABLES: dict[str, TableSpec] = {"vsr_main": TableSpec(build_vsr_main, vsr_main_inputs)}
+
+
+def table_spec(name: str) -> TableSpec:
+    if name not in TABLES:
+        raise KeyError(f"tables.{name}: no builder for this table; known: {', '.join(TABLES)}")
+    return TABLES[name]
+
+
+def table_inputs(name: str, config: dict) -> list[str]:
+    """Upstream files a table reads (for the Snakemake rule)."""
+    return table_spec(name).inputs(config, config["tables"][name])
+
+
+def build_table(name: str, config: dict, out_md: str, fig_dir: str) -> list[Path]:
+    return table_spec(name).build(config, config["tables"][name], out_md, fig_dir)
