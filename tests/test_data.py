@@ -13,6 +13,7 @@ from grpo_vqa.data.images import DataError, load_image
 from grpo_vqa.data.relations import (
     BIAS_POSITIVE,
     DIRECTIONAL,
+    OPPOSITE,
     label_plan,
     make_relation_items,
     seen_relation,
@@ -54,8 +55,28 @@ def test_relation_items_are_consistent_with_their_scenes():
         assert (seen == it["relation"]) == (it["label"] == 1)
         assert it["solution"] == ("True" if it["label"] else "False")
         assert it["problem"] == f"Is the following statement true: {it['caption']}"
-        assert f"I see the {it['subj']} {seen} the {it['obj']}." in it["reasoning"]
+        assert f"So the {it['subj']} is {seen} the {it['obj']}." in it["reasoning"]
+        order = sorted([subj, obj], key=lambda o: o.cx if it["relation"] in ("left of", "right of") else o.cy)
+        assert it["reasoning"].split(". So")[0].endswith(f"the {order[0].name}, the {order[1].name}")
+        assert seen in (it["relation"], OPPOSITE[it["relation"]])
         assert it["reasoning"].endswith("They match." if it["label"] else "They differ.")
+
+
+def test_grid_layout_puts_the_pair_in_one_row_or_column_of_cells():
+    items = make_relation_items(80, seed=5, relations=list(DIRECTIONAL), tied_colors=True, layout="grid")
+    for it in items:
+        subj, obj = it["_objects"]
+        seen = seen_relation(subj, obj, DIRECTIONAL, 112)
+        assert (seen == it["relation"]) == (it["label"] == 1)
+        horizontal = seen in ("left of", "right of")
+        along = (subj.cx, obj.cx) if horizontal else (subj.cy, obj.cy)
+        across = (subj.cy, obj.cy) if horizontal else (subj.cx, obj.cx)
+        assert {a < 56 for a in along} == {True, False}  # two cells along the axis
+        assert (across[0] < 56) == (across[1] < 56)  # the same lane
+        for o in (subj, obj):
+            assert o.r <= 56 / 2 - 8 and 0 <= o.cx - o.r and o.cx + o.r <= 112
+    with pytest.raises(ValueError, match="layout"):
+        make_relation_items(2, seed=5, relations=["above"], layout="spiral")
 
 
 def test_relation_items_are_seeded():

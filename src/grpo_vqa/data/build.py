@@ -41,6 +41,7 @@ def _relation_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list
         id_prefix=f"{name}-{split}",
         radius=tuple(cfg.get("radius", (14, 22))),
         tied_colors=bool(cfg.get("tied_colors", False)),
+        layout=cfg.get("layout", "free"),
     )
 
 

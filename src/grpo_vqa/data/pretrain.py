@@ -1,7 +1,8 @@
 """Captioning data for the tiny models' warm start, and the text corpus their tokenizer is trained on.
 
 A real VLM arrives able to see and describe; a tiny one built from a config knows nothing. Before any
-experiment, a tiny model is taught to *describe* scenes (which object lies where; how many of each shape),
+experiment, a tiny model is taught to *describe* scenes (the objects' order from left to right or top to
+bottom; whether they are close; how many of each shape),
 never to answer the study's questions or to use ``<think>``/``<answer>``. Its zero-shot ("base") row then plays
 the part of a pretrained model that was not taught the answer format.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from .relations import DIRECTIONAL, PROXIMITY, sample_relation_scene
+from .relations import DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
 from .scenes import PALETTES, PLURALS, SHAPES, Scene, render
 
 
@@ -28,8 +29,11 @@ def make_pretrain_items(
     max_count: int = 5,
     with_images: bool = True,
     relation_share: float = 0.8,
+    proximity_share: float = 0.2,
+    textured_share: float = 0.2,
     tied_colors: bool = True,
     radius: tuple[int, int] = (14, 22),
+    layout: str = "free",
 ) -> list[dict]:
     """``n`` (image, prompt, description) items: relation descriptions (``relation_share``) and shape counts.
 
@@ -42,13 +46,18 @@ def make_pretrain_items(
     colors = list(PALETTES["flat"])
     items = []
     for i in range(n):
-        style = "flat" if rng.random() < 0.8 else "textured"
+        style = "textured" if rng.random() < textured_share else "flat"
         if rng.random() < relation_share:
-            rel = rng.choice(DIRECTIONAL + PROXIMITY) if rng.random() < 0.2 else rng.choice(DIRECTIONAL)
-            subj, obj = sample_relation_scene(rng, rel, size, colors, list(SHAPES), radius, tied=tied_colors)
+            rel = rng.choice(PROXIMITY) if rng.random() < proximity_share else rng.choice(DIRECTIONAL)
+            subj, obj = sample_relation_scene(
+                rng, rel, size, colors, list(SHAPES), radius, tied=tied_colors, layout=layout
+            )
             objects = [subj, obj]
-            problem = f"Where is the {subj.name} relative to the {obj.name}?"
-            text = f"I see the {subj.name} {rel} the {obj.name}."
+            if rel in PROXIMITY:
+                problem, text = "How far apart are the shapes?", proximity_text(rel)
+            else:
+                axis = "left to right" if rel in ("left of", "right of") else "top to bottom"
+                problem, text = f"Name the shapes from {axis}.", listing(objects, rel)
         else:
             counts = {s: rng.randint(0, max_count) for s in SHAPES}
             if sum(counts.values()) == 0:

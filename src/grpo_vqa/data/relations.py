@@ -1,11 +1,17 @@
 """Spatial-relation items in the study's VSR columns, generated from procedural scenes.
 
 Each item shows two shapes and a caption claiming a relation between them (``The red circle is left of the
-blue square.``). The label says whether the claim holds in the image. The SFT reasoning states what is seen,
-what is claimed and a comparison word, so that the answer becomes a lookup once the relation is seen::
+blue square.``). The label says whether the claim holds in the image; a false caption names the opposite
+relation (left of / right of, above / below, next to / far from), so the objects' order along the claimed axis
+decides it. The SFT reasoning first reads that order from the image, then derives the seen relation, restates
+the claim and compares, so every step after the first is a lookup::
 
-    <think>I see the red circle right of the blue square. The statement says left of. They differ.</think>
-    <answer>False</answer>
+    <think>Left to right: the blue square, the red circle. So the red circle is right of the blue square.
+    The statement says left of. They differ.</think><answer>False</answer>
+
+Why this shape: tiny models learn to name objects in their left-to-right (top-to-bottom) order within ~150
+steps, while finding a *named* object's position among two (text-to-image binding) stayed at chance for 350
+steps (README, "What it took").
 
 Text bias (for the bias experiment) is controlled by ``bias``: the probability that a caption whose relation
 is in :data:`BIAS_POSITIVE` is true (and that one in the other half is false). ``bias = 0.5`` is unbiased.
@@ -21,6 +27,21 @@ from .scenes import SceneObject, place_objects
 DIRECTIONAL = ("left of", "right of", "above", "below")
 PROXIMITY = ("next to", "far from")
 RELATIONS = DIRECTIONAL + PROXIMITY
+OPPOSITE = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "next to": "far from",
+    "far from": "next to",
+}
+#: For a directional relation: the order the reasoning lists the objects in, and the coordinate it sorts by.
+AXIS = {
+    "left of": ("Left to right", "cx"),
+    "right of": ("Left to right", "cx"),
+    "above": ("Top to bottom", "cy"),
+    "below": ("Top to bottom", "cy"),
+}
 # Relation words whose captions are made mostly true in a biased set; the rest are made mostly false.
 BIAS_POSITIVE = ("left of", "above", "next to")
 
@@ -66,9 +87,25 @@ def problem_for(caption: str, subj: str, relation: str, obj: str, style: str) ->
     raise ValueError(f"unknown prompt style {style!r}; known: vsr, rel3d")
 
 
-def reasoning_for(subj: str, seen: str, obj: str, claimed: str) -> str:
+def listing(objects: list[SceneObject], relation: str) -> str:
+    """``Left to right: the blue square, the red circle.`` (the objects' order along ``relation``'s axis)."""
+    label, coord = AXIS[relation]
+    names = ", ".join(f"the {o.name}" for o in sorted(objects, key=lambda o: getattr(o, coord)))
+    return f"{label}: {names}."
+
+
+def proximity_text(seen: str) -> str:
+    return f"The shapes are {seen} each other."
+
+
+def reasoning_for(subj: SceneObject, obj: SceneObject, seen: str, claimed: str) -> str:
+    """What is seen (read from the image), what is claimed, and a comparison word."""
     verdict = "They match." if seen == claimed else "They differ."
-    return f"I see the {subj} {seen} the {obj}. The statement says {claimed}. {verdict}"
+    if claimed in AXIS:
+        seen_text = f"{listing([subj, obj], claimed)} So the {subj.name} is {seen} the {obj.name}."
+    else:
+        seen_text = f"{proximity_text(seen)} So the {subj.name} is {seen} the {obj.name}."
+    return f"{seen_text} The statement says {claimed}. {verdict}"
 
 
 def label_plan(relations: list[str], n: int, bias: float, rng: random.Random) -> list[tuple[str, int]]:
@@ -101,15 +138,20 @@ def sample_relation_scene(
     radius: tuple[int, int],
     max_tries: int = 500,
     tied: bool = False,
+    layout: str = "free",
 ) -> tuple[SceneObject, SceneObject]:
     """Two distinct-looking objects whose relation (subject to object) is clearly ``seen``.
 
     ``tied``: each shape has one colour (the counting tutorial's red triangles, blue circles, green squares),
     so an object is named by either word; otherwise colours and shapes are drawn independently.
+    ``layout``: ``free`` places objects anywhere; ``grid`` puts them in two cells of a 2×2 grid (same row for
+    left/right, same column for above/below), centres jittered by up to 1/14 of the canvas.
     """
     from .tasks import COUNT_COLORS
 
     fam = family(seen)
+    if layout not in ("free", "grid"):
+        raise ValueError(f"unknown layout {layout!r}; known: free, grid")
     for _ in range(max_tries):
         if tied:
             s1, s2 = rng.sample(shapes, 2)
@@ -117,12 +159,32 @@ def sample_relation_scene(
         else:
             c1, c2 = rng.sample(colors, 2)
             s1, s2 = rng.choice(shapes), rng.choice(shapes)
-        objs = place_objects(rng, [(s1, c1), (s2, c2)], size, radius)
+        if layout == "grid" and seen in AXIS:
+            objs = _grid_pair(rng, seen, [(s1, c1), (s2, c2)], size, radius)
+        else:
+            objs = place_objects(rng, [(s1, c1), (s2, c2)], size, radius)
         if objs is None:
             continue
         if seen_relation(objs[0], objs[1], fam, size) == seen:
             return objs[0], objs[1]
     raise RuntimeError(f"could not place two objects '{seen}' each other on a {size}px canvas")
+
+
+def _grid_pair(
+    rng: random.Random, seen: str, specs: list[tuple[str, str]], size: int, radius: tuple[int, int]
+) -> list[SceneObject]:
+    """Subject and object in neighbouring cells of a 2×2 grid, ordered so that the subject is ``seen``."""
+    cell, jitter = size / 2, size / 14
+    r_max = min(radius[1], cell / 2 - jitter - 1)
+    lane = rng.randrange(2)  # the shared row (left/right) or column (above/below)
+    first_cell = 0 if seen in ("left of", "above") else 1  # the subject's cell along the axis
+    objs = []
+    for k, (shape, color) in enumerate(specs):
+        along = (first_cell if k == 0 else 1 - first_cell) * cell + cell / 2 + rng.uniform(-jitter, jitter)
+        across = lane * cell + cell / 2 + rng.uniform(-jitter, jitter)
+        cx, cy = (along, across) if AXIS[seen][1] == "cx" else (across, along)
+        objs.append(SceneObject(shape, color, cx, cy, rng.uniform(min(radius[0], r_max), r_max)))
+    return objs
 
 
 def make_relation_items(
@@ -137,6 +199,7 @@ def make_relation_items(
     prompt_style: str = "vsr",
     id_prefix: str = "rel",
     tied_colors: bool = False,
+    layout: str = "free",
 ) -> list[dict]:
     """``n`` relation items (without images: each carries its scene objects for rendering)."""
     from .scenes import PALETTES, SHAPES
@@ -148,9 +211,10 @@ def make_relation_items(
     rng = random.Random(seed)
     items = []
     for i, (claimed, label) in enumerate(label_plan(relations, n, bias, rng)):
-        fam = [r for r in family(claimed) if r != claimed]
-        seen = claimed if label == 1 else rng.choice(fam)
-        subj, obj = sample_relation_scene(rng, seen, size, colors, shapes, radius, tied=tied_colors)
+        seen = claimed if label == 1 else OPPOSITE[claimed]
+        subj, obj = sample_relation_scene(
+            rng, seen, size, colors, shapes, radius, tied=tied_colors, layout=layout
+        )
         caption = caption_for(subj.name, claimed, obj.name)
         items.append(
             {
@@ -163,7 +227,7 @@ def make_relation_items(
                 "obj": obj.name,
                 "problem": problem_for(caption, subj.name, claimed, obj.name, prompt_style),
                 "solution": "True" if label == 1 else "False",
-                "reasoning": reasoning_for(subj.name, seen, obj.name, claimed),
+                "reasoning": reasoning_for(subj, obj, seen, claimed),
                 "_objects": [subj, obj],
             }
         )
