@@ -62,19 +62,17 @@ def test_relation_items_are_consistent_with_their_scenes():
         assert it["reasoning"].endswith("They match." if it["label"] else "They differ.")
 
 
-def test_grid_layout_puts_the_pair_in_one_row_or_column_of_cells():
-    items = make_relation_items(80, seed=5, relations=list(DIRECTIONAL), tied_colors=True, layout="grid")
+def test_apart_layout_puts_the_pair_in_opposite_thirds_along_the_axis():
+    items = make_relation_items(120, seed=5, relations=list(DIRECTIONAL), tied_colors=True, layout="apart")
     for it in items:
         subj, obj = it["_objects"]
         seen = seen_relation(subj, obj, DIRECTIONAL, 112)
         assert (seen == it["relation"]) == (it["label"] == 1)
-        horizontal = seen in ("left of", "right of")
-        along = (subj.cx, obj.cx) if horizontal else (subj.cy, obj.cy)
-        across = (subj.cy, obj.cy) if horizontal else (subj.cx, obj.cx)
-        assert {a < 56 for a in along} == {True, False}  # two cells along the axis
-        assert (across[0] < 56) == (across[1] < 56)  # the same lane
+        horizontal = it["relation"] in ("left of", "right of")
+        along = sorted([subj.cx, obj.cx] if horizontal else [subj.cy, obj.cy])
+        assert along[0] < 112 / 3 and along[1] > 2 * 112 / 3
         for o in (subj, obj):
-            assert o.r <= 56 / 2 - 8 and 0 <= o.cx - o.r and o.cx + o.r <= 112
+            assert o.r <= 112 / 6 and o.r < o.cx < 112 - o.r and o.r < o.cy < 112 - o.r
     with pytest.raises(ValueError, match="layout"):
         make_relation_items(2, seed=5, relations=["above"], layout="spiral")
 

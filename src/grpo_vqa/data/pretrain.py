@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 from .relations import DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
-from .scenes import PALETTES, PLURALS, SHAPES, Scene, render
+from .scenes import PALETTES, PLURALS, SHAPES, Scene, SceneObject, render
 
 
 def describe_counts(counts: dict[str, int]) -> str:
@@ -34,6 +34,7 @@ def make_pretrain_items(
     tied_colors: bool = True,
     radius: tuple[int, int] = (14, 22),
     layout: str = "free",
+    single_share: float = 0.0,
 ) -> list[dict]:
     """``n`` (image, prompt, description) items: relation descriptions (``relation_share``) and shape counts.
 
@@ -47,7 +48,11 @@ def make_pretrain_items(
     items = []
     for i in range(n):
         style = "textured" if rng.random() < textured_share else "flat"
-        if rng.random() < relation_share:
+        if rng.random() < single_share:
+            obj = _single_object(rng, size, radius)
+            objects = [obj]
+            problem, text = "Where is the shape?", f"The {obj.name} is at the {_quadrant(obj, size)}."
+        elif rng.random() < relation_share:
             rel = rng.choice(PROXIMITY) if rng.random() < proximity_share else rng.choice(DIRECTIONAL)
             subj, obj = sample_relation_scene(
                 rng, rel, size, colors, list(SHAPES), radius, tied=tied_colors, layout=layout
@@ -71,6 +76,20 @@ def make_pretrain_items(
             item["image"] = render(Scene(size, size, style, objects, noise_seed=noise_seed))
         items.append(item)
     return items
+
+
+def _single_object(rng: random.Random, size: int, radius: tuple[int, int]) -> SceneObject:
+    from .tasks import COUNT_COLORS
+
+    shape = rng.choice(list(SHAPES))
+    cell = size / 2
+    r = rng.uniform(radius[0], min(radius[1], cell / 2 - 2))
+    cx, cy = (rng.randrange(2) * cell + rng.uniform(r + 1, cell - r - 1) for _ in range(2))
+    return SceneObject(shape, COUNT_COLORS[shape], cx, cy, r)
+
+
+def _quadrant(obj: SceneObject, size: int) -> str:
+    return f"{'top' if obj.cy < size / 2 else 'bottom'} {'left' if obj.cx < size / 2 else 'right'}"
 
 
 # Canonical settings per task kind for the tokenizer corpus: the corpus depends on the kinds of task, not on

@@ -129,6 +129,10 @@ def label_plan(relations: list[str], n: int, bias: float, rng: random.Random) ->
     return plan
 
 
+def _overlap(a: SceneObject, b: SceneObject) -> bool:
+    return math.hypot(a.cx - b.cx, a.cy - b.cy) < a.r + b.r + 2
+
+
 def sample_relation_scene(
     rng: random.Random,
     seen: str,
@@ -144,14 +148,14 @@ def sample_relation_scene(
 
     ``tied``: each shape has one colour (the counting tutorial's red triangles, blue circles, green squares),
     so an object is named by either word; otherwise colours and shapes are drawn independently.
-    ``layout``: ``free`` places objects anywhere; ``grid`` puts them in two cells of a 2×2 grid (same row for
-    left/right, same column for above/below), centres jittered by up to 1/14 of the canvas.
+    ``layout``: ``free`` places objects anywhere; ``apart`` puts their centres in opposite outer thirds of the
+    canvas along the relation's axis (anywhere across it), so the order along the axis is never a close call.
     """
     from .tasks import COUNT_COLORS
 
     fam = family(seen)
-    if layout not in ("free", "grid"):
-        raise ValueError(f"unknown layout {layout!r}; known: free, grid")
+    if layout not in ("free", "apart"):
+        raise ValueError(f"unknown layout {layout!r}; known: free, apart")
     for _ in range(max_tries):
         if tied:
             s1, s2 = rng.sample(shapes, 2)
@@ -159,8 +163,10 @@ def sample_relation_scene(
         else:
             c1, c2 = rng.sample(colors, 2)
             s1, s2 = rng.choice(shapes), rng.choice(shapes)
-        if layout == "grid" and seen in AXIS:
-            objs = _grid_pair(rng, seen, [(s1, c1), (s2, c2)], size, radius)
+        if layout == "apart" and seen in AXIS:
+            objs = _apart_pair(rng, seen, [(s1, c1), (s2, c2)], size, radius)
+            if _overlap(objs[0], objs[1]):
+                continue
         else:
             objs = place_objects(rng, [(s1, c1), (s2, c2)], size, radius)
         if objs is None:
@@ -170,20 +176,22 @@ def sample_relation_scene(
     raise RuntimeError(f"could not place two objects '{seen}' each other on a {size}px canvas")
 
 
-def _grid_pair(
+def _apart_pair(
     rng: random.Random, seen: str, specs: list[tuple[str, str]], size: int, radius: tuple[int, int]
 ) -> list[SceneObject]:
-    """Subject and object in neighbouring cells of a 2×2 grid, ordered so that the subject is ``seen``."""
-    cell, jitter = size / 2, size / 14
-    r_max = min(radius[1], cell / 2 - jitter - 1)
-    lane = rng.randrange(2)  # the shared row (left/right) or column (above/below)
-    first_cell = 0 if seen in ("left of", "above") else 1  # the subject's cell along the axis
+    """Subject and object in opposite outer thirds along ``seen``'s axis, anywhere across it."""
+    third = size / 3
+    r_max = min(radius[1], third / 2)
+    first = 0 if seen in ("left of", "above") else 2  # the subject's third along the axis
     objs = []
     for k, (shape, color) in enumerate(specs):
-        along = (first_cell if k == 0 else 1 - first_cell) * cell + cell / 2 + rng.uniform(-jitter, jitter)
-        across = lane * cell + cell / 2 + rng.uniform(-jitter, jitter)
+        r = rng.uniform(min(radius[0], r_max), r_max)
+        lo = (first if k == 0 else 2 - first) * third
+        along = rng.uniform(lo + r_max / 2, lo + third - r_max / 2) if r_max < third else lo + third / 2
+        along = min(max(along, r + 1), size - r - 1)
+        across = rng.uniform(r + 1, size - r - 1)
         cx, cy = (along, across) if AXIS[seen][1] == "cx" else (across, along)
-        objs.append(SceneObject(shape, color, cx, cy, rng.uniform(min(radius[0], r_max), r_max)))
+        objs.append(SceneObject(shape, color, cx, cy, r))
     return objs
 
 

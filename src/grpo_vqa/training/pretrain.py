@@ -8,12 +8,16 @@ from .common import prompt_messages
 from .sft import run_sft
 
 
-def pretrain_rows(n: int, seed: int, size: int):
+#: Optional keys of ``models.<name>.pretrain`` passed to :func:`grpo_vqa.data.pretrain.make_pretrain_items`.
+ITEM_KEYS = ("layout", "relation_share", "proximity_share", "textured_share")
+
+
+def pretrain_rows(n: int, seed: int, size: int, **item_kwargs):
     import datasets
 
     from ..data.pretrain import make_pretrain_items
 
-    items = make_pretrain_items(n, seed, size=size)
+    items = make_pretrain_items(n, seed, size=size, **item_kwargs)
     rows = [
         {
             "prompt": prompt_messages(it["problem"], None),
@@ -37,5 +41,5 @@ def warm_start(
         "warmup_ratio": 0.03,
         "save_steps": max(50, int(cfg["steps"]) // 4),
     }
-    rows = pretrain_rows(int(cfg["n_images"]), seed, size)
+    rows = pretrain_rows(int(cfg["n_images"]), seed, size, **{k: cfg[k] for k in ITEM_KEYS if k in cfg})
     return run_sft(str(model_dir), rows, out_dir, ckpt_dir, train_cfg, seed, use_lora=False)
