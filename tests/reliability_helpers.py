@@ -45,11 +45,14 @@ TARGETS = (
 )
 
 
-def case(record_property, tried: str, expected: str, outcome: str) -> None:
-    """Record this test's row of the reliability table (JUnit XML properties)."""
+def case(record_property, tried: str, expected: str, outcome: str, group: str | None = None) -> None:
+    """Record this test's row of the reliability table (JUnit XML properties); rows of one ``group`` are
+    shown as one line of the table (e.g. one reward against every hostile completion)."""
     record_property("rel_case", tried)
     record_property("rel_expected", expected)
     record_property("rel_outcome", outcome)
+    if group:
+        record_property("rel_group", group)
 
 
 def env(**extra: str) -> dict[str, str]:
