@@ -11,6 +11,7 @@ CAP_SYS_ADMIN, as in CI); a second test always runs with the writer failing with
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import subprocess
 import sys
@@ -136,7 +137,10 @@ def test_full_tmpfs_during_checkpoint(uninterrupted, tmp_path, capsys, record_pr
         got = final_weights(out)
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        info = None  # the traceback holds the failed writer's open file: release it before unmounting
+        gc.collect()
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)  # lazy: detached now, freed when closed
     case(
         record_property,
         f"disk full (tmpfs of {size // 1024} KiB) while writing checkpoint 2 of {MAX_STEPS}",

@@ -190,7 +190,10 @@ def train_resume_save(
     """Train (resuming from the newest complete checkpoint in ``ckpt_dir``), then write the final model,
     processor and per-step history (log entries holding ``history_key``) atomically to ``out_dir``."""
     for broken in discard_incomplete_checkpoints(ckpt_dir):
-        print(f"[{name}] discarded incomplete checkpoint {broken} (no valid {COMPLETE_MARKER} marker)", flush=True)
+        print(
+            f"[{name}] discarded incomplete checkpoint {broken} (no valid {COMPLETE_MARKER} marker)",
+            flush=True,
+        )
     resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:
         print(f"[{name}] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
