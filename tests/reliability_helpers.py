@@ -22,7 +22,7 @@ TEST_CONFIG = REPO / "config" / "test.yaml"
 EXP = "vsr_qwen"
 
 #: The smallest settings that still run every stage for real: 16/8/8 items, 4 SFT and 3 GRPO steps with a
-#: checkpoint after every step, no warm-start pretraining, the rules judge on one split.
+#: checkpoint after every step, no warm-start pretraining, no blank-image probe, the rules judge on one split.
 TINY = {
     "models": {"qwen": {"pretrain": {"steps": 0, "n_images": 8, "batch_size": 4}}},
     "datasets": {"vsr_synth": {"splits": {"train": 16, "val": 8, "test": 8}}},
@@ -34,7 +34,12 @@ TINY = {
         "max_completion_length": 8,
         "save_steps": 1,
     },
-    "evaluation": {"max_new_tokens": 8, "batch_size": 8, "splits": ["val", "test"]},
+    "evaluation": {
+        "max_new_tokens": 8,
+        "batch_size": 8,
+        "splits": ["val", "test"],
+        "blank_image_probe": False,
+    },
     "tables": {"vsr_main": {"experiments": [EXP]}},
     "judge": {"runs": [EXP], "stages": ["grpo"], "splits": ["test"]},
 }

@@ -62,6 +62,11 @@ BAD = {
         "vsr",
         "config key experiments.vsr_qwen.dataset: unknown dataset 'vsr'",
     ),
+    "dataset named 'x$(touch pwned)' (names reach paths and shell words)": (
+        "datasets.x$(touch pwned)",
+        {"kind": "relation", "source": "synthetic", "splits": {"train": 4}},
+        "config key datasets.x$(touch pwned): name 'x$(touch pwned)' may hold only letters",
+    ),
     "table named 'alignment' (the judge table writes the same file)": (
         "tables.alignment",
         {"experiments": ["vsr_qwen"]},

@@ -231,7 +231,7 @@ def test_sigkill_judge_resumes_and_pays_nothing_twice(reference, tmp_path, recor
     upstream = [f"results/eval/{EXP}/grpo"]
     key = "sk-reliability-judge-0000"
     records = {}
-    with FakeOpenAIServer(delay_s=0.3) as srv:
+    with FakeOpenAIServer(delay_s=0.15) as srv:
         judge = {"backend": "openai", "base_url": srv.base_url, "concurrency": 1, "max_retries": 1}
         for name in ("uninterrupted", "killed"):
             wd = tmp_path / name / "wd"
@@ -252,7 +252,7 @@ def test_sigkill_judge_resumes_and_pays_nothing_twice(reference, tmp_path, recor
                 kill_then_rerun(wd, override, target, trigger, env_extra={"OPENAI_API_KEY": key})
                 paid = srv.total - before
             records[name] = [
-                {k: v for k, v in json.loads(line).items() if k not in ("latency_s", "usage")}
+                {k: v for k, v in json.loads(line).items() if k not in ("latency_s", "usage", "judged_utc")}
                 for line in (wd / target).read_text().splitlines()
             ]
     assert n_items == 8

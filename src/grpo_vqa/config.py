@@ -29,6 +29,11 @@ def _schema_error_line(err) -> str:
         return f"config key {keys}: unknown key"
     if err.validator == "required":
         return f"config key {_key_path(where)}: {err.message}"
+    if "propertyNames" in err.absolute_schema_path:
+        return (
+            f"config key {_key_path([*where, err.instance])}: name {err.instance!r} may hold only letters, "
+            "digits, '_', '-' and '.' (names become paths and command-line words)"
+        )
     if err.validator == "type" and isinstance(err.instance, str) and _is_float(err.instance):
         return (
             f"config key {_key_path(where)}: {err.message} (YAML reads {err.instance} as text; "
