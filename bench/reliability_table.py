@@ -5,7 +5,8 @@ Each reliability test records its row as JUnit XML properties (``rel_case``, ``r
 This script renders those rows, with each test's result, as a Markdown table (and a provenance sidecar):
 
     python bench/reliability_table.py --run                      # run the suite, then render
-    python -m pytest tests/test_reliability_*.py --junitxml=r.xml && python bench/reliability_table.py r.xml
+    python -m pytest tests/test_reliability_*.py --junitxml=r.xml -o junit_family=xunit1
+    python bench/reliability_table.py r.xml
 
 Output: results/tables/reliability.md (``--out``). A test that failed before recording its row is listed
 under its test name with the failure message.
@@ -14,6 +15,7 @@ under its test name with the failure message.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,8 +102,12 @@ def fold(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: order.index(r["section"]))  # stable: test order within a section
 
 
+_TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/")
+
+
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One table cell: one line, pipes escaped, pytest's temporary folders shortened to <tmp>/."""
+    return _TMP.sub("<tmp>/", " ".join(str(text).split())).replace("|", "\\|")
 
 
 def render(rows: list[dict]) -> str:
@@ -134,7 +140,18 @@ def render(rows: list[dict]) -> str:
 
 def run_suite(xml: Path, extra: list[str]) -> int:
     tests = sorted(str(p) for p in (REPO / "tests").glob("test_reliability_*.py"))
-    cmd = [sys.executable, "-m", "pytest", "-q", *tests, f"--junitxml={xml}", *extra]
+    # xunit1: the JUnit flavour that carries record_property (xunit2 warns about it)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        *tests,
+        f"--junitxml={xml}",
+        "-o",
+        "junit_family=xunit1",
+        *extra,
+    ]
     return subprocess.call(cmd, cwd=REPO)
 
 

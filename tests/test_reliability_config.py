@@ -55,7 +55,7 @@ BAD = {
     "wrong type experiments.vsr_qwen.grpo.max_steps: '60'": (
         "experiments.vsr_qwen.grpo.max_steps",
         "60",
-        "config key experiments.vsr_qwen.grpo.max_steps: '60' is not of type 'integer'",
+        "config key experiments.vsr_qwen.grpo.max_steps: '60' is not of type 'integer' (a quoted number is text; write it without quotes)",
     ),
     "experiment naming an unknown dataset": (
         "experiments.vsr_qwen.dataset",
@@ -89,7 +89,7 @@ def test_good_config_passes():
     validate_config(BASE)  # the reference for the cases above: only their edit makes them fail
 
 
-@pytest.mark.parametrize("path", ["does/not/exist-model", "./missing_model_dir"])
+@pytest.mark.parametrize("path", ["someorg/missing-model", "./missing_model_dir"])
 def test_missing_model_while_offline_names_the_key(path, monkeypatch, tmp_path, record_property):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
@@ -100,7 +100,8 @@ def test_missing_model_while_offline_names_the_key(path, monkeypatch, tmp_path, 
         validate_config(cfg)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("config key models.qwen.path:") and path in msg, msg
-    kind = "hub id" if path.count("/") == 1 else "local path"
+    kind = "local path" if path.startswith(".") else "hub id"
+    assert ("not in the local cache and HF_HUB_OFFLINE is set" in msg) == (kind == "hub id"), msg
     case(
         record_property,
         f"config: pretrained model {kind} {path!r} missing, HF_HUB_OFFLINE=1",

@@ -181,6 +181,7 @@ def test_parser_survives_hostile_completion(name, kind, record_property):
         f"parser {name}: completion {kind}",
         "no exception; documented type/range",
         f"{type(result).__name__}",
+        group=f"parser {name}: hostile completions",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -35,10 +36,11 @@ def _schema_error_line(err) -> str:
             "digits, '_', '-' and '.' (names become paths and command-line words)"
         )
     if err.validator == "type" and isinstance(err.instance, str) and _is_float(err.instance):
-        return (
-            f"config key {_key_path(where)}: {err.message} (YAML reads {err.instance} as text; "
-            "write a number with a decimal point, e.g. 1.0e-4)"
-        )
+        if re.fullmatch(r"[+-]?[0-9]+[eE][+-]?[0-9]+", err.instance.strip()):
+            hint = f"YAML reads {err.instance} as text; write a number with a decimal point, e.g. 1.0e-4"
+        else:
+            hint = "a quoted number is text; write it without quotes"
+        return f"config key {_key_path(where)}: {err.message} ({hint})"
     return f"config key {_key_path(where)}: {err.message}"
 
 
