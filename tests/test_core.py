@@ -51,7 +51,7 @@ def test_latest_complete_checkpoint_ignores_half_written(tmp_path):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         if complete:
-            (d / COMPLETE_MARKER).write_text("{}")
+            (d / COMPLETE_MARKER).write_text(f'{{"step": {step}}}')
     (tmp_path / "checkpoint-junk").mkdir()
     assert latest_complete_checkpoint(tmp_path).name == "checkpoint-20"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -46,3 +47,10 @@ def run(main: Callable[[], object]) -> None:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk: one line naming the file; complete checkpoints and finished outputs stay usable.
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on device{where} ({exc.strerror or exc})", file=sys.stderr)
+        sys.exit(3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -29,7 +30,26 @@ def _schema_error_line(err) -> str:
         return f"config key {keys}: unknown key"
     if err.validator == "required":
         return f"config key {_key_path(where)}: {err.message}"
+    if "propertyNames" in err.absolute_schema_path:
+        return (
+            f"config key {_key_path([*where, err.instance])}: name {err.instance!r} may hold only letters, "
+            "digits, '_', '-' and '.' (names become paths and command-line words)"
+        )
+    if err.validator == "type" and isinstance(err.instance, str) and _is_float(err.instance):
+        if re.fullmatch(r"[+-]?[0-9]+[eE][+-]?[0-9]+", err.instance.strip()):
+            hint = f"YAML reads {err.instance} as text; write a number with a decimal point, e.g. 1.0e-4"
+        else:
+            hint = "a quoted number is text; write it without quotes"
+        return f"config key {_key_path(where)}: {err.message} ({hint})"
     return f"config key {_key_path(where)}: {err.message}"
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -67,6 +87,59 @@ def check_references(config: dict) -> None:
     for name, ds in config["datasets"].items():
         if ds["source"] != "synthetic" and not ds.get("loader"):
             raise ConfigError(f"config key datasets.{name}.loader: required when source is {ds['source']!r}")
+    check_output_collisions(config)
+
+
+#: Table names whose outputs other rules write (results/tables/<name>.md).
+RESERVED_TABLE_NAMES = {"alignment": "the judge's alignment table (rule alignment_table)"}
+
+
+def check_output_collisions(config: dict) -> None:
+    """Two config entries must never write the same output file."""
+    for name in config.get("tables", {}):
+        if name in RESERVED_TABLE_NAMES:
+            raise ConfigError(
+                f"config key tables.{name}: results/tables/{name}.md is already written by "
+                f"{RESERVED_TABLE_NAMES[name]}; rename the table"
+            )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
+                f"{seen[key] + 1}); both entries would write the same outputs and only the last would run"
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def check_config_files(paths) -> None:
+    """Parse each config file strictly: a duplicate key (e.g. two experiments of one name) is an error."""
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue  # Snakemake reports a missing config file itself
+        with open(path, encoding="utf-8") as fh:
+            loader = _StrictLoader(fh)
+            loader.name = str(path)
+            try:
+                loader.get_single_data()
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            finally:
+                loader.dispose()
 
 
 def check_model_path(key: str, path: str | None) -> None:

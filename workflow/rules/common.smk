@@ -8,9 +8,16 @@ REPO = Path(str(workflow.current_basedir)).resolve().parents[1]  # this file is 
 SCRIPTS = str(REPO / "scripts")
 sys.path.insert(0, str(REPO / "src"))
 
-from grpo_vqa.config import ConfigError, as_json, stage_config, validate_config  # noqa: E402
+from grpo_vqa.config import (  # noqa: E402
+    ConfigError,
+    as_json,
+    check_config_files,
+    stage_config,
+    validate_config,
+)
 
 try:
+    check_config_files(workflow.configfiles)
     validate_config(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None

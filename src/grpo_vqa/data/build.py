@@ -105,11 +105,17 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             items = _finalise_synthetic(items, cfg, image_dir, s_seed, split)
             quality = {"rows_in": len(items), "rows_kept": len(items), "skipped": {}}
         elif source in ("hub", "local"):
-            from .real import load_items
+            from .real import DataQuality, load_items
 
             real_cfg = dict(cfg["real"]) | {"source": source, "limit": n}
-            items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed)
-            quality = {"rows_in": len(items), "rows_kept": len(items), "skipped": {}}
+            dq = DataQuality()
+            items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed, quality=dq)
+            quality = dq.as_dict()
+            print(
+                f"[data] {name} {split}: {dq.rows_kept} kept of {dq.rows_in} rows, {dq.n_skipped} skipped "
+                f"{dict(sorted(dq.skipped.items()))}, {dq.not_selected} not selected (limit)",
+                flush=True,
+            )
         else:
             raise ValueError(
                 f"datasets.{name}.source: unknown source {source!r}; known: synthetic, hub, local"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -114,31 +115,70 @@ def run_checkpoint_dir(base: str | Path, cfg: dict, *inputs: str | Path) -> Path
     return Path(base) / f"run-{key}"
 
 
+def checkpoint_step(folder: Path) -> int | None:
+    """N of a ``checkpoint-N`` folder, else None."""
+    prefix, _, step = folder.name.partition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` carries a valid completion marker: the JSON ``{"step": N}`` of its own step.
+
+    The marker is written (atomically) only after the model, optimizer, scheduler, RNG and trainer state are
+    saved, so a checkpoint cut short by a kill or a full disk has none; an empty or torn marker (a writer
+    that died half-way) does not count either."""
+    folder = Path(folder)
+    step = checkpoint_step(folder)
+    try:
+        marker = json.loads((folder / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return step is not None and isinstance(marker, dict) and marker.get("step") == step
+
+
 def latest_complete_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-N`` folder carrying the completion marker (half-written ones are ignored)."""
+    """The newest ``checkpoint-N`` folder carrying a valid completion marker (half-written ones are ignored)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    found = []
-    for child in ckpt_dir.iterdir():
-        if child.is_dir() and child.name.startswith("checkpoint-") and (child / COMPLETE_MARKER).exists():
-            try:
-                found.append((int(child.name.split("-", 1)[1]), child))
-            except ValueError:
-                continue
+    found = [
+        (checkpoint_step(child), child)
+        for child in ckpt_dir.iterdir()
+        if child.is_dir() and checkpoint_step(child) is not None and is_complete_checkpoint(child)
+    ]
     return max(found)[1] if found else None
 
 
+def discard_incomplete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Delete ``checkpoint-N`` folders without a valid marker (left by a kill or a full disk).
+
+    They are never resumed from; deleting them frees their space and keeps the trainer's rotation (which
+    counts every ``checkpoint-*`` folder) from deleting a complete checkpoint in favour of a broken one."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    removed = []
+    for child in sorted(ckpt_dir.iterdir()):
+        if child.is_dir() and checkpoint_step(child) is not None and not is_complete_checkpoint(child):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
 def make_complete_marker_callback():
-    """A TrainerCallback writing :data:`COMPLETE_MARKER` into each checkpoint once it is fully saved."""
+    """A TrainerCallback writing :data:`COMPLETE_MARKER` into each checkpoint once it is fully saved.
+
+    The marker goes through a temp file and a rename, so it exists whole or not at all."""
     from transformers import TrainerCallback
+
+    from ..io import atomic_write_text
 
     class CompleteMarker(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
-                    (folder / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+                    atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}))
             return control
 
     return CompleteMarker()
@@ -149,6 +189,11 @@ def train_resume_save(
 ) -> dict:
     """Train (resuming from the newest complete checkpoint in ``ckpt_dir``), then write the final model,
     processor and per-step history (log entries holding ``history_key``) atomically to ``out_dir``."""
+    for broken in discard_incomplete_checkpoints(ckpt_dir):
+        print(
+            f"[{name}] discarded incomplete checkpoint {broken} (no valid {COMPLETE_MARKER} marker)",
+            flush=True,
+        )
     resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:
         print(f"[{name}] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
@@ -162,7 +207,11 @@ def train_resume_save(
         trainer._load_from_checkpoint(str(resume))
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
     else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except Exception as exc:
+            raise_if_disk_full(exc, ckpt_dir)
+            raise
     tmp = Path(str(out_dir) + ".tmp")
     trainer.save_model(str(tmp))
     processor.save_pretrained(str(tmp))
@@ -170,6 +219,28 @@ def train_resume_save(
     (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
     replace_dir(tmp, out_dir)
     return {"history": history, "resumed_from": str(resume) if resume else None}
+
+
+def raise_if_disk_full(exc: BaseException, ckpt_dir: str | Path) -> None:
+    """Re-raise a failure as ``OSError(ENOSPC)`` naming ``ckpt_dir`` when its disk is (nearly) full.
+
+    torch's checkpoint writer reports a full disk as ``RuntimeError: ... unexpected pos ...``, not as
+    ENOSPC; the free space tells. "Nearly full": less than the newest complete checkpoint (or 1 MiB) free."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return
+    try:
+        free = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        return
+    last = latest_complete_checkpoint(ckpt_dir)
+    need = sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) if last else 0
+    if free < max(need, 1 << 20):
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device ({free} bytes free; {type(exc).__name__}: {detail})",
+            str(ckpt_dir),
+        ) from exc
 
 
 def replace_dir(src: str | Path, dst: str | Path) -> None:

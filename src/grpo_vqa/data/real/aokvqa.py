@@ -21,11 +21,13 @@ from pathlib import Path
 
 from grpo_vqa.data.images import DataError
 from grpo_vqa.data.real.common import (
+    SKIPPED,
     Pending,
     choices_problem,
     dataset_split,
     download_once,
     existing_file,
+    guarded,
     letters,
     load_hub_split,
     local_dir,
@@ -83,7 +85,9 @@ def load(cfg: dict, split: str) -> list[Pending]:
     if source == "hub":
         for i, row in enumerate(load_hub_split(NAME, cfg, name)):
             where = f"{NAME} {cfg['hub_id']} {name} row {i + 1}"
-            item = format_row(row, where, rationales)
+            item = guarded(format_row, row, where, rationales)
+            if item is SKIPPED:
+                continue
             if row.get("image") is not None:
 
                 def resolve(d: Path, img=row["image"], iid=item["id"], w=where) -> Path:
@@ -108,7 +112,9 @@ def load(cfg: dict, split: str) -> list[Pending]:
         where = f"{NAME} {path.name} row {i + 1}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object")
-        item = format_row(row, where, rationales)
+        item = guarded(format_row, row, where, rationales)
+        if item is SKIPPED:
+            continue
         image = coco / f"{coco_split}2017" / f"{_image_id(row, where):012d}.jpg"
         out.append(Pending(item, where, existing_file(image)))
     return out

@@ -12,17 +12,81 @@ import io
 import json
 import os
 import random
+import sys
 import tempfile
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpo_vqa.data.images import DataError
+from grpo_vqa.data.images import DataError, RowError, load_image
 
 SOURCES = ("hub", "local")
 _DOWNLOAD_TIMEOUT_S = 60
+#: A build stops when more than this share of a split's rows is skipped (``real.max_skipped_fraction``).
+DEFAULT_MAX_SKIPPED_FRACTION = 0.05
+_EXAMPLES = 20
+
+
+@dataclass
+class DataQuality:
+    """What a dataset build kept and skipped in one split (written to the manifest's ``quality``).
+
+    Skip-and-count (one row lost, reason counted): missing or unreadable image file, truncated or corrupt
+    image, 0x0 image, image above the pixel limit (decompression bomb; refused from its header), missing or
+    empty required column, a JSON Lines row that is not UTF-8 or not JSON. Stop (the stage fails naming the
+    file and row): duplicate ids, a label outside the allowed set, a file that cannot be read at all, a bad
+    config, or more than ``max_skipped_fraction`` of the rows skipped (a systematic problem, not a bad row).
+    """
+
+    rows_in: int = 0
+    not_selected: int = 0
+    rows_kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def skip(self, exc: RowError) -> None:
+        self.skipped[exc.reason] += 1
+        if len(self.examples) < _EXAMPLES:
+            self.examples.append(str(exc))
+        print(f"skipped row ({exc.reason}): {exc}", file=sys.stderr, flush=True)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "rows_in": self.rows_in,
+            "rows_kept": self.rows_kept,
+            "not_selected": self.not_selected,
+            "skipped": dict(sorted(self.skipped.items())),
+            "skipped_examples": list(self.examples),
+        }
+
+
+_QUALITY: ContextVar[DataQuality | None] = ContextVar("grpo_vqa_data_quality", default=None)
+SKIPPED = object()
+
+
+def skip_or_raise(exc: RowError) -> None:
+    """Count ``exc`` in the active :class:`DataQuality` (a dataset build), or raise it (direct callers)."""
+    quality = _QUALITY.get()
+    if quality is None:
+        raise exc
+    quality.skip(exc)
+
+
+def guarded(make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``make(*args, **kwargs)``, or :data:`SKIPPED` when it raised a skippable :class:`RowError`."""
+    try:
+        return make(*args, **kwargs)
+    except RowError as exc:
+        skip_or_raise(exc)
+        return SKIPPED
 
 
 @dataclass
@@ -108,25 +172,41 @@ def read_jsonl(path: Path, name: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{name}: file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{name} {path.name} row {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                skip_or_raise(
+                    RowError(
+                        f"{where}: not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})",
+                        "not_utf8",
+                    )
+                )
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{name} {path.name} row {lineno}: not valid JSON ({exc.msg})") from None
+                skip_or_raise(RowError(f"{where}: not valid JSON ({exc.msg})", "bad_json"))
+                continue
             if not isinstance(row, dict):
-                raise DataError(f"{name} {path.name} row {lineno}: expected a JSON object")
+                skip_or_raise(RowError(f"{where}: expected a JSON object", "bad_json"))
+                continue
             rows.append((lineno, row))
     return rows
 
 
 def require(row: dict, columns: Iterable[str], where: str) -> None:
-    """Raise DataError naming ``where`` if any of ``columns`` is absent (or None) in ``row``."""
+    """Raise RowError naming ``where`` if any of ``columns`` is absent, None or a blank string in ``row``."""
     missing = [c for c in columns if row.get(c) is None]
     if missing:
-        raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
+        raise RowError(f"{where}: missing column(s) {', '.join(missing)}", "missing_column")
+    empty = [c for c in columns if isinstance(row[c], str) and not row[c].strip()]
+    if empty:
+        raise RowError(f"{where}: empty column(s) {', '.join(empty)}", "empty_column")
 
 
 def binary_label(value: Any, where: str) -> int:
@@ -259,8 +339,19 @@ def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
+def check_image(path: Path, where: str) -> None:
+    """Raise RowError naming the row if the image is missing, unreadable, empty or too large."""
+    try:
+        load_image(path)
+    except RowError as exc:
+        raise RowError(f"{where}: {exc}", exc.reason) from None
+
+
 def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed: int) -> list[dict]:
-    """Check ids are unique, draw the seeded subset, resolve images and check they exist."""
+    """Check ids are unique, draw the seeded subset, resolve images and check they exist and decode.
+
+    In a dataset build (an active :class:`DataQuality`) a row whose image is missing or bad is skipped and
+    counted; otherwise it raises."""
     seen: dict[str, int] = {}
     for i, p in enumerate(pending):
         first = seen.setdefault(p.item["id"], i)
@@ -270,10 +361,17 @@ def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed
             )
     image_dir = Path(image_dir)
     items = []
-    for idx in seeded_subset(len(pending), check_limit(name, cfg), seed):
+    selected = seeded_subset(len(pending), check_limit(name, cfg), seed)
+    quality = _QUALITY.get()
+    if quality is not None:
+        quality.not_selected += len(pending) - len(selected)
+    for idx in selected:
         p = pending[idx]
         path = Path(p.resolve_image(image_dir))
         if not path.is_file():
-            raise DataError(f"{p.where}: image file not found: {path}")
+            skip_or_raise(RowError(f"{p.where}: image file not found: {path}", "missing_image"))
+            continue
+        if guarded(check_image, path, p.where) is SKIPPED:
+            continue
         items.append({**p.item, "image_path": str(path.absolute())})
     return items

@@ -28,11 +28,13 @@ from PIL import Image
 
 from grpo_vqa.data.images import DataError
 from grpo_vqa.data.real.common import (
+    SKIPPED,
     Pending,
     choices_problem,
     dataset_split,
     existing_file,
     first_line,
+    guarded,
     hub_id,
     local_dir,
     read_json,
@@ -143,7 +145,9 @@ def load(cfg: dict, split: str) -> list[Pending]:
             raise DataError(f"{where}: expected a JSON object")
         if single_only and sample.get("has_multiple_questions", isinstance(sample.get("questions"), list)):
             continue
-        item = format_sample(str(key), sample, where, reasoning)
+        item = guarded(format_sample, str(key), sample, where, reasoning)
+        if item is SKIPPED:
+            continue
         image = images / first_image(sample["img_filename"], where)
         if max_pixels is not None:
             if not image.is_file():

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from grpo_vqa.data.images import DataError
 from grpo_vqa.data.real.common import (
+    SKIPPED,
     Pending,
     dataset_split,
     first_line,
+    guarded,
     load_hub_split,
     local_dir,
     require,
@@ -95,7 +97,10 @@ def load(cfg: dict, split: str) -> list[Pending]:
     out = []
     for i, row in enumerate(_undecoded(ds)):
         where = f"{NAME} {label} {spec} row {i + 1}"
-        item, raw = format_row(row, where)
+        formatted = guarded(format_row, row, where)
+        if formatted is SKIPPED:
+            continue
+        item, raw = formatted
 
         def resolve(d: Path, raw=raw, iid=item["id"], w=where) -> Path:
             return save_png(raw, d / f"{iid}.png", w)

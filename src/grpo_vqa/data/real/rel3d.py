@@ -18,9 +18,11 @@ from pathlib import Path
 
 from grpo_vqa.data.images import DataError
 from grpo_vqa.data.real.common import (
+    SKIPPED,
     Pending,
     binary_label,
     dataset_split,
+    guarded,
     local_dir,
     read_json,
     require,
@@ -69,7 +71,9 @@ def load(cfg: dict, split: str) -> list[Pending]:
         where = f"{NAME} {path.name} {name} row {i + 1}"
         if not isinstance(sample, dict):
             raise DataError(f"{where}: expected a JSON object")
-        item = format_sample(sample, where)
+        item = guarded(format_sample, sample, where)
+        if item is SKIPPED:
+            continue
         cands = _image_candidates(str(sample["rgb"]), root, images)
 
         def resolve(_d: Path, cands: list[Path] = cands) -> Path:

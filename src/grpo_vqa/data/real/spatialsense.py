@@ -17,10 +17,12 @@ from pathlib import Path
 
 from grpo_vqa.data.images import DataError
 from grpo_vqa.data.real.common import (
+    SKIPPED,
     Pending,
     binary_label,
     dataset_split,
     existing_file,
+    guarded,
     local_dir,
     read_json,
     require,
@@ -67,11 +69,14 @@ def load(cfg: dict, split: str) -> list[Pending]:
         where_img = f"{NAME} {path.name} image {i + 1}"
         if not isinstance(img, dict):
             raise DataError(f"{where_img}: expected a JSON object")
-        require(img, IMAGE_COLUMNS, where_img)
+        if guarded(require, img, IMAGE_COLUMNS, where_img) is SKIPPED:
+            continue
         if img["split"] != name:
             continue
         for j, annot in enumerate(img["annotations"]):
             where = f"{where_img} relation {j + 1}"
-            item = format_annotation(annot, where)
+            item = guarded(format_annotation, annot, where)
+            if item is SKIPPED:
+                continue
             out.append(Pending(item, where, existing_file(image_file(str(img["url"]), images))))
     return out

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from grpo_vqa.data.images import DataError
 from grpo_vqa.data.real.common import (
+    SKIPPED,
     Pending,
     binary_label,
     dataset_split,
     download_once,
     existing_file,
+    guarded,
     load_hub_split,
     local_dir,
     read_jsonl,
@@ -85,7 +87,9 @@ def load(cfg: dict, split: str) -> list[Pending]:
         ds = load_hub_split(NAME, cfg, name, data_files=cfg.get("data_files", DATA_FILES))
         for i, row in enumerate(ds):
             where = f"{NAME} {cfg['hub_id']} {name} row {i + 1}"
-            item = format_row(row, where, need_link=True)
+            item = guarded(format_row, row, where, need_link=True)
+            if item is SKIPPED:
+                continue
             fname, url = Path(str(row["image"])).name, str(row["image_link"])
             out.append(Pending(item, where, lambda d, f=fname, u=url, w=where: download_once(u, d / f, w)))
         return out
@@ -94,6 +98,8 @@ def load(cfg: dict, split: str) -> list[Pending]:
     path = root / f"{name}.jsonl"
     for lineno, row in read_jsonl(path, NAME):
         where = f"{NAME} {path.name} row {lineno}"
-        item = format_row(row, where, need_link=False)
+        item = guarded(format_row, row, where, need_link=False)
+        if item is SKIPPED:
+            continue
         out.append(Pending(item, where, existing_file(images / Path(str(row["image"])).name)))
     return out
