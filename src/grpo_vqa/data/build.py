@@ -107,6 +107,9 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             from .real import load_items
 
             real_cfg = dict(cfg["real"]) | {"source": source, "limit": n}
+            # bias: a biased subset of the real relation items (the test split stays as drawn)
+            if cfg.get("bias") is not None and cfg["bias"] != 0.5 and split != "test":
+                real_cfg["bias"] = cfg["bias"]
             items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed)
             quality = {"rows_in": len(items), "rows_kept": len(items), "skipped": {}}
         else:
