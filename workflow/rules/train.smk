@@ -50,10 +50,15 @@ rule merge_lora:
         " --out {output} > {log} 2>&1"
 
 
+def grpo_start(w):
+    """The model GRPO starts from: the merged SFT model, or the base model with ``grpo_from: base``."""
+    return model_input(w.exp, experiment(w).get("grpo_from", "sft"))
+
+
 rule grpo:
-    """GRPO with LoRA from the merged SFT model (TRL GRPOTrainer; rewards by name)."""
+    """GRPO with LoRA from the merged SFT model or the base model (TRL GRPOTrainer; rewards by name)."""
     input:
-        model="results/runs/{exp}/sft/model",
+        model=grpo_start,
         data=lambda w: dataset_dir(experiment(w)["dataset"]),
     output:
         directory("results/runs/{exp}/grpo/adapter"),

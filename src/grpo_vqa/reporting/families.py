@@ -16,6 +16,21 @@ from .figures import STYLE, _save  # noqa: E402
 STAGES = ("base", "sft", "grpo")
 
 
+def stages_of(config: dict, exp: str) -> tuple[str, ...]:
+    """The evaluated stages of an experiment: base, SFT (unless GRPO starts from the base model), GRPO."""
+    if config["experiments"][exp].get("grpo_from", "sft") == "base":
+        return ("base", "grpo")
+    return STAGES
+
+
+def stage_label(config: dict, exp: str, stage: str) -> str:
+    from .tables import STAGE_LABELS
+
+    if stage == "grpo" and "sft" not in stages_of(config, exp):
+        return "GRPO"
+    return STAGE_LABELS[stage]
+
+
 def scores_path(exp: str, stage: str) -> str:
     return f"results/eval/{exp}/{stage}/scores.json"
 

@@ -16,7 +16,7 @@ from ..io import read_json
 from ..parsing import extract_answer
 from . import families as fam
 from .figures import grouped_bars, grpo_curves
-from .tables import STAGE_LABELS, model_label, write_table
+from .tables import model_label, write_table
 
 NAME = "math_r1"
 
@@ -37,8 +37,8 @@ def exact_match(records: list[dict]) -> float | None:
 def inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = fam.experiments_of(config, NAME, table_cfg)
     return (
-        [fam.scores_path(e, s) for e in exps for s in fam.STAGES]
-        + [fam.responses_path(e, s) for e in exps for s in fam.STAGES]
+        [fam.scores_path(e, s) for e in exps for s in fam.stages_of(config, e)]
+        + [fam.responses_path(e, s) for e in exps for s in fam.stages_of(config, e)]
         + [fam.adapter_dir(e) for e in exps]
     )
 
@@ -47,13 +47,13 @@ def math_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> 
     rows = []
     for exp in exps:
         model_cfg = config["models"][config["experiments"][exp]["model"]]
-        for stage in fam.STAGES:
+        for stage in fam.stages_of(config, exp):
             s = scores[(exp, stage)]
             rows.append(
                 {
                     "experiment": exp,
                     "model": model_label(model_cfg),
-                    "stage": STAGE_LABELS[stage],
+                    "stage": fam.stage_label(config, exp, stage),
                     "val accuracy": fam.split_value(s, "val"),
                     "test accuracy": fam.split_value(s, "test"),
                     "test exact match": exact_match(responses[(exp, stage)]),
@@ -66,8 +66,10 @@ def math_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> 
 
 def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path]:
     exps = fam.experiments_of(config, NAME, table_cfg)
-    scores = fam.read_all({(e, s): fam.scores_path(e, s) for e in exps for s in fam.STAGES})
-    responses = fam.read_all({(e, s): fam.responses_path(e, s) for e in exps for s in fam.STAGES})
+    scores = fam.read_all({(e, s): fam.scores_path(e, s) for e in exps for s in fam.stages_of(config, e)})
+    responses = fam.read_all(
+        {(e, s): fam.responses_path(e, s) for e in exps for s in fam.stages_of(config, e)}
+    )
     df = math_frame(config, exps, scores, responses)
     rewards = sorted({r for e in exps for r in fam_rewards(config, e)})
     write_table(
@@ -85,7 +87,11 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
     grpo_curves({e: read_json(fam.history_path(e)) for e in exps}, rewards_png)
     acc_png = fig_dir / "accuracy_by_stage.png"
     groups = {
-        e: {STAGE_LABELS[s]: fam.split_value(scores[(e, s)], "test") or 0.0 for s in fam.STAGES} for e in exps
+        e: {
+            fam.stage_label(config, e, s): fam.split_value(scores[(e, s)], "test") or 0.0
+            for s in fam.stages_of(config, e)
+        }
+        for e in exps
     }
     grouped_bars(groups, acc_png, "test accuracy (math-verify) by stage", "accuracy (%)")
     outputs = [Path(out_md), Path(out_md).with_suffix(".csv"), rewards_png, acc_png]

@@ -18,7 +18,7 @@ from ..parsing import reasoning_length
 from ..rewards import shape_count_reward
 from . import families as fam
 from .figures import grpo_curves, reasoning_length_accuracy, reasoning_length_bins
-from .tables import STAGE_LABELS, model_label, write_table
+from .tables import model_label, write_table
 
 NAME = "shape_counting"
 
@@ -61,8 +61,8 @@ def tutorial_reward(records: list[dict]) -> float | None:
 def inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = fam.experiments_of(config, NAME, table_cfg)
     return (
-        [fam.scores_path(e, s) for e in exps for s in fam.STAGES]
-        + [fam.responses_path(e, s) for e in exps for s in fam.STAGES]
+        [fam.scores_path(e, s) for e in exps for s in fam.stages_of(config, e)]
+        + [fam.responses_path(e, s) for e in exps for s in fam.stages_of(config, e)]
         + [fam.adapter_dir(e) for e in exps]
     )
 
@@ -73,7 +73,7 @@ def counting_frame(config: dict, exps: list[str], scores: dict, responses: dict)
         gen = generalisation_set(config, exp)
         hi = train_max_count(config, exp)
         model_cfg = config["models"][config["experiments"][exp]["model"]]
-        for stage in fam.STAGES:
+        for stage in fam.stages_of(config, exp):
             s = scores[(exp, stage)]
             recs = responses[(exp, stage)]
             by_count = s["splits"].get(gen, {}).get("by_count", {}) if gen else {}
@@ -81,7 +81,7 @@ def counting_frame(config: dict, exps: list[str], scores: dict, responses: dict)
                 {
                     "experiment": exp,
                     "model": model_label(model_cfg),
-                    "stage": STAGE_LABELS[stage],
+                    "stage": fam.stage_label(config, exp, stage),
                     f"test accuracy (counts ≤ {hi})": fam.split_value(s, "test"),
                     "generalisation accuracy": fam.split_value(s, gen) if gen else None,
                     f"accuracy, counts > {hi}": accuracy_beyond(by_count, hi),
@@ -97,8 +97,10 @@ def counting_frame(config: dict, exps: list[str], scores: dict, responses: dict)
 
 def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path]:
     exps = fam.experiments_of(config, NAME, table_cfg)
-    scores = fam.read_all({(e, s): fam.scores_path(e, s) for e in exps for s in fam.STAGES})
-    responses = fam.read_all({(e, s): fam.responses_path(e, s) for e in exps for s in fam.STAGES})
+    scores = fam.read_all({(e, s): fam.scores_path(e, s) for e in exps for s in fam.stages_of(config, e)})
+    responses = fam.read_all(
+        {(e, s): fam.responses_path(e, s) for e in exps for s in fam.stages_of(config, e)}
+    )
     df = counting_frame(config, exps, scores, responses)
     write_table(
         df,
@@ -116,17 +118,19 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
     series = {}
     for exp in exps:
         gen = generalisation_set(config, exp) or "test"
-        for stage in fam.STAGES:
+        for stage in fam.stages_of(config, exp):
             by_count = scores[(exp, stage)]["splits"].get(gen, {}).get("by_count", {})
-            label = f"{exp} {STAGE_LABELS[stage]}" if len(exps) > 1 else STAGE_LABELS[stage]
+            name = fam.stage_label(config, exp, stage)
+            label = f"{exp} {name}" if len(exps) > 1 else name
             series[label] = {int(c): v["accuracy"] for c, v in by_count.items()}
     fam.line_plot(series, by_count_png, "accuracy by true count (generalisation set)", "true count")
     length_png = fig_dir / "reasoning_length_accuracy.png"
     reasoning_length_accuracy(
         {
-            f"{e} {STAGE_LABELS[s]}": reasoning_length_bins(responses[(e, s)])
+            f"{e} {fam.stage_label(config, e, s)}": reasoning_length_bins(responses[(e, s)])
             for e in exps
-            for s in ("sft", "grpo")
+            for s in fam.stages_of(config, e)
+            if s != "base"
         },
         length_png,
     )
