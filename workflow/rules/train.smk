@@ -50,11 +50,6 @@ rule merge_lora:
         " --out {output} > {log} 2>&1"
 
 
-def grpo_start(w):
-    """The model GRPO starts from: the merged SFT model, or the base model with ``grpo_from: base``."""
-    return model_input(w.exp, experiment(w).get("grpo_from", "sft"))
-
-
 rule grpo:
     """GRPO with LoRA from the merged SFT model or the base model (TRL GRPOTrainer; rewards by name)."""
     input:
