@@ -306,3 +306,19 @@ def test_math_r1_table_follows_its_upstream_files(config, workdir):
     put("results/eval/math_qwen/grpo/scores.json", {"splits": {"val": split(45.0), "test": split(12.5)}})
     build_table("math_r1", config, str(out), "results/figures/math_r1")
     assert csv_of(out)["test accuracy"].tolist() == [0.0, 30.0, 12.5]
+
+
+def test_grpo_from_base_drops_the_sft_row(config, workdir):
+    cfg = deep_merge(config, {"experiments": {"math_qwen": {"grpo_from": "base"}}})
+    assert not any("/sft/" in p for p in math_r1_table.inputs(cfg, cfg["tables"]["math_r1"]))
+    for stage, acc in {"base": 10.0, "grpo": 20.0}.items():
+        put(
+            f"results/eval/math_qwen/{stage}/scores.json", {"splits": {"val": split(acc), "test": split(acc)}}
+        )
+        put(f"results/eval/math_qwen/{stage}/generated_responses_test.json", [math_record("6", "$6$")])
+    put("results/runs/math_qwen/grpo/adapter/train_history.json", history())
+    out = workdir / "results/tables/math_r1.md"
+    build_table("math_r1", cfg, str(out), "results/figures/math_r1")
+    df = csv_of(out)
+    assert df["stage"].tolist() == ["zero-shot (base)", "GRPO"]
+    assert df["test accuracy"].tolist() == [10.0, 20.0]
