@@ -322,3 +322,47 @@ def test_grpo_from_base_drops_the_sft_row(config, workdir):
     df = csv_of(out)
     assert df["stage"].tolist() == ["zero-shot (base)", "GRPO"]
     assert df["test accuracy"].tolist() == [10.0, 20.0]
+
+
+def test_real_relation_data_gets_a_biased_training_subset(tmp_path):
+    """`bias` on a real (local VSR-format) dataset draws a training subset with that bias; test stays as is."""
+    import shutil
+
+    from grpo_vqa.data.build import build_dataset, load_split
+    from grpo_vqa.data.images import DataError
+
+    root = tmp_path / "vsr"
+    shutil.copytree(REPO / "tests/fixtures/real/vsr", root)
+    rows = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines() if line.strip()]
+    rng = random.Random(0)
+    pool = []
+    for i in range(240):
+        rel = rng.choice(["behind", "left of", "above", "on top of", "near", "under"])
+        pool.append(
+            rows[i % len(rows)]
+            | {"relation": rel, "subj": f"cat{i}", "obj": "dog", "caption": f"The cat{i} is {rel} the dog."}
+            | {"label": rng.randint(0, 1)}
+        )
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    cfg = {
+        "kind": "relation",
+        "source": "local",
+        "loader": "vsr",
+        "splits": {"train": 60, "test": 4},
+        "bias": 0.9,
+        "real": {"local_dir": str(root), "splits": {"train": "train", "test": "test"}},
+    }
+    build_dataset("vsr_biased", cfg, tmp_path / "out", seed=1)
+    train = load_split(tmp_path / "out", "train")
+    assert len(train) == 60
+    pos = [lab for rel, lab in zip(train["relation"], train["label"], strict=True) if bias_positive(rel)]
+    neg = [lab for rel, lab in zip(train["relation"], train["label"], strict=True) if not bias_positive(rel)]
+    assert pos and neg
+    assert abs(sum(pos) / len(pos) - 0.9) < 0.05 and abs(sum(neg) / len(neg) - 0.1) < 0.05
+    test = load_split(tmp_path / "out", "test")
+    plain = build_dataset("vsr_biased", cfg | {"bias": 0.5}, tmp_path / "plain", seed=1)
+    assert list(test["id"]) == list(load_split(tmp_path / "plain", "test")["id"])
+    assert plain["splits"]["train"]["n"] == 60
+    too_small = cfg | {"splits": {"train": 239}}
+    with pytest.raises(DataError, match="vsr config: bias 0.9: needs .* the pool has"):
+        build_dataset("vsr_biased", too_small, tmp_path / "small", seed=1)
