@@ -86,6 +86,11 @@ def model_input(exp, stage):
     return f"results/runs/{exp}/{stage}/model"
 
 
+def grpo_start(w):
+    """The model GRPO starts from: the merged SFT model, or the base model with ``grpo_from: base``."""
+    return model_input(w.exp, experiment(w).get("grpo_from", "sft"))
+
+
 def is_gpu_model(exp):
     return config["models"][model_of(exp)]["source"] == "pretrained"
 

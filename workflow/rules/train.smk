@@ -51,9 +51,9 @@ rule merge_lora:
 
 
 rule grpo:
-    """GRPO with LoRA from the merged SFT model (TRL GRPOTrainer; rewards by name)."""
+    """GRPO with LoRA from the merged SFT model or the base model (TRL GRPOTrainer; rewards by name)."""
     input:
-        model="results/runs/{exp}/sft/model",
+        model=grpo_start,
         data=lambda w: dataset_dir(experiment(w)["dataset"]),
     output:
         directory("results/runs/{exp}/grpo/adapter"),

@@ -108,6 +108,9 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             from .real import DataQuality, load_items
 
             real_cfg = dict(cfg["real"]) | {"source": source, "limit": n}
+            # bias: a biased subset of the real relation items (the test split stays as drawn)
+            if cfg.get("bias") is not None and cfg["bias"] != 0.5 and split != "test":
+                real_cfg["bias"] = cfg["bias"]
             dq = DataQuality()
             items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed, quality=dq)
             quality = dq.as_dict()

@@ -19,6 +19,7 @@ is in :data:`BIAS_POSITIVE` is true (and that one in the other half is false). `
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 
@@ -44,6 +45,51 @@ AXIS = {
 }
 # Relation words whose captions are made mostly true in a biased set; the rest are made mostly false.
 BIAS_POSITIVE = ("left of", "above", "next to")
+
+
+def bias_positive(relation: str) -> bool:
+    """Whether a biased set makes captions with this relation word mostly true (its text prior is "True").
+
+    Our relation words are split by :data:`BIAS_POSITIVE`; any other word (the real datasets' vocabularies) by
+    a stable hash of the lower-cased word, so that about half of a vocabulary goes each way in every run.
+    """
+    if relation in RELATIONS:
+        return relation in BIAS_POSITIVE
+    return hashlib.sha256(relation.strip().casefold().encode()).digest()[0] % 2 == 0
+
+
+def text_prior(relation: str) -> str:
+    """The answer a model that reads only the relation word of a biased set would give."""
+    return "True" if bias_positive(relation) else "False"
+
+
+def biased_indices(relations: list[str], labels: list[int], n: int, bias: float, seed: int) -> list[int]:
+    """Indices (in original order) of a seeded ``n``-item subset of real relation items under a text bias.
+
+    The subset keeps the pool's share of :func:`bias_positive` items; within them a share ``bias`` of the
+    captions is true, within the others a share ``1 - bias``. Raises ValueError when the pool is too small.
+    """
+    if not 0.0 <= bias <= 1.0:
+        raise ValueError(f"bias must be in [0, 1], got {bias}")
+    rng = random.Random(seed)
+    groups: dict[tuple[bool, int], list[int]] = {(p, lab): [] for p in (True, False) for lab in (0, 1)}
+    for i, (rel, lab) in enumerate(zip(relations, labels, strict=True)):
+        groups[(bias_positive(str(rel)), int(lab))].append(i)
+    n_pos_pool = len(groups[(True, 0)]) + len(groups[(True, 1)])
+    n_pos = round(n * n_pos_pool / max(1, len(relations)))
+    chosen: list[int] = []
+    for positive, size in ((True, n_pos), (False, n - n_pos)):
+        p_true = bias if positive else 1.0 - bias
+        n_true = round(p_true * size)
+        for lab, k in ((1, n_true), (0, size - n_true)):
+            pool = groups[(positive, lab)]
+            if k > len(pool):
+                kind = "text-prior-true" if positive else "text-prior-false"
+                raise ValueError(
+                    f"bias {bias}: needs {k} {kind} items with label {lab}, the pool has {len(pool)}"
+                )
+            chosen += rng.sample(pool, k)
+    return sorted(chosen)
 
 
 def family(relation: str) -> tuple[str, ...]:
@@ -120,7 +166,7 @@ def label_plan(relations: list[str], n: int, bias: float, rng: random.Random) ->
     carry = 0.0  # error diffusion keeps the overall count of true captions at round(sum of p * count)
     for k, rel in enumerate(relations):
         count = n // len(relations) + (1 if k < n % len(relations) else 0)
-        p = bias if rel in BIAS_POSITIVE else 1.0 - bias
+        p = bias if bias_positive(rel) else 1.0 - bias
         exact = p * count + carry
         n_true = min(count, max(0, int(math.floor(exact + 0.5))))
         carry = exact - n_true

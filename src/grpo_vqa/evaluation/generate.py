@@ -13,6 +13,9 @@ from ..rewards import get_reward_funcs
 from ..training.common import prompt_messages
 
 EXTRA_FIELDS = ("relation", "subj", "obj", "caption", "target_shape", "count", "choices", "boxes")
+#: The reward that decides an item's correctness, by task (default ``accuracy``): math answers are checked
+#: for equivalence with math-verify (``$\frac{1}{2}$`` == ``0.5``), as the TRL recipe's accuracy reward does.
+CORRECTNESS_REWARD = {"math": "math_accuracy"}
 
 
 def chat_prompts(processor, problems: list[str], system_prompt: str | None) -> list[str]:
@@ -49,11 +52,12 @@ def strip_special(text: str, processor) -> str:
 
 
 def score_record(item: dict, response: str) -> dict:
-    """One evaluated item: parsed answer, correctness (the training accuracy reward) and format."""
-    (accuracy,) = get_reward_funcs(["accuracy"])
+    """One evaluated item: parsed answer, correctness (the task's accuracy reward) and format."""
+    task = item.get("task") or "relation"
+    (accuracy,) = get_reward_funcs([CORRECTNESS_REWARD.get(task, "accuracy")])
     rec = {
         "id": item["id"],
-        "task": item.get("task", "relation"),
+        "task": task,
         "question": item["problem"],
         "response": response,
         "reasoning": extract_think(response) or "",

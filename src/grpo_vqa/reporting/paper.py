@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..io import read_json
 from ..provenance import write_sidecar
-from . import figures
+from . import bias_table, figures, math_r1_table, shape_counting_table, sim2real_table
 from .tables import load_scores, vsr_main_frame, write_table
 
 #: The study's reported VSR accuracies (%), by model architecture and (stage, split), drawn beside ours in
@@ -101,7 +101,13 @@ class TableSpec:
 
 
 #: Every table by its name under ``tables:`` in the config.
-TABLES: dict[str, TableSpec] = {"vsr_main": TableSpec(build_vsr_main, vsr_main_inputs)}
+TABLES: dict[str, TableSpec] = {
+    "vsr_main": TableSpec(build_vsr_main, vsr_main_inputs),
+    "bias": TableSpec(bias_table.build, bias_table.inputs),
+    "sim2real": TableSpec(sim2real_table.build, sim2real_table.inputs),
+    "shape_counting": TableSpec(shape_counting_table.build, shape_counting_table.inputs),
+    "math_r1": TableSpec(math_r1_table.build, math_r1_table.inputs),
+}
 
 
 def table_spec(name: str) -> TableSpec:

@@ -8,7 +8,13 @@ from pathlib import Path
 from ..provenance import sidecar_path
 
 #: Report category (experiment family) of each paper table; unknown tables are listed under their own name.
-TABLE_FAMILIES = {"vsr_main": "VSR spatial relations"}
+TABLE_FAMILIES = {
+    "vsr_main": "VSR spatial relations",
+    "bias": "Text-bias mitigation",
+    "sim2real": "Sim-to-real transfer",
+    "shape_counting": "Shape counting (tutorial)",
+    "math_r1": "Multimodal math (TRL recipe)",
+}
 JUDGE_FAMILY = "LLM-as-judge alignment"
 #: Packages whose versions label every report item.
 LABEL_PACKAGES = ("torch", "transformers", "trl", "peft")

@@ -347,6 +347,25 @@ def check_image(path: Path, where: str) -> None:
         raise RowError(f"{where}: {exc}", exc.reason) from None
 
 
+def biased_subset(name: str, pending: list[Pending], cfg: dict, seed: int) -> list[int]:
+    """Indices of a seeded subset of relation items whose wording predicts the label with P = ``cfg["bias"]``
+    (see :func:`grpo_vqa.data.relations.biased_indices`): ``limit`` items (null: as many as the pool has)."""
+    from grpo_vqa.data.relations import biased_indices
+
+    missing = next((p for p in pending if "relation" not in p.item or "label" not in p.item), None)
+    if missing is not None:
+        raise DataError(f"{missing.where}: bias needs relation items (a relation and a label)")
+    rels = [str(p.item["relation"]) for p in pending]
+    labels = [int(p.item["label"]) for p in pending]
+    limit = check_limit(name, cfg)
+    try:
+        return biased_indices(
+            rels, labels, len(pending) if limit is None else limit, float(cfg["bias"]), seed
+        )
+    except ValueError as exc:
+        raise DataError(f"{name} config: {exc}") from None
+
+
 def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed: int) -> list[dict]:
     """Check ids are unique, draw the seeded subset, resolve images and check they exist and decode.
 
@@ -362,6 +381,8 @@ def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed
     image_dir = Path(image_dir)
     items = []
     selected = seeded_subset(len(pending), check_limit(name, cfg), seed)
+    if cfg.get("bias") is not None:
+        selected = biased_subset(name, pending, cfg, seed)
     quality = _QUALITY.get()
     if quality is not None:
         quality.not_selected += len(pending) - len(selected)

@@ -1,0 +1,130 @@
+"""The ``bias`` table: SFT vs GRPO trained on relation sets whose wording predicts the label, tested unbiased.
+
+Rows: bias level × stage. Columns: test accuracy (unbiased test split), blank-image accuracy (the text-only
+probe), accuracy on bias-consistent vs bias-inconsistent test items (the answer the relation word predicts in
+the biased training sets is right vs wrong) and agreement with that text prior. A model that reads only the
+wording scores 100 / 0 on consistent / inconsistent items; one that reads the image scores the same on both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.relations import text_prior
+from ..parsing import extract_answer, normalize_bool
+from . import families as fam
+from .tables import STAGE_LABELS, model_label, write_table
+
+NAME = "bias"
+TRAINED = ("sft", "grpo")
+#: The study's VSR test accuracies (%) for SFT / GRPO on its unbiased, biased and strongly biased training sets
+#: (../shared/reference/study-facts.md, project page; bias levels not stated there).
+STUDY_BIAS = {"unbiased": (82.0, 84.8), "biased": (84.6, 82.3), "strongly biased": (79.9, 80.7)}
+
+
+def bias_level(config: dict, exp: str) -> float:
+    """P(caption true | text prior "True") in the experiment's training set (0.5 when unset)."""
+    return float(config["datasets"][config["experiments"][exp]["dataset"]].get("bias", 0.5))
+
+
+def text_reliance(records: list[dict]) -> dict[str, float | None]:
+    """Accuracy on bias-consistent / -inconsistent items and agreement (%) with the text prior.
+
+    An item is bias-consistent when its solution equals :func:`text_prior` of its relation word. Agreement is
+    the share of all items whose parsed answer is the prior (no parseable answer: no agreement).
+    """
+    consistent, inconsistent, agree = [], [], []
+    for r in records:
+        if "relation" not in r:
+            raise ValueError(f"response {r.get('id')!r} has no relation field (not a relation item)")
+        prior = text_prior(str(r["relation"]))
+        (consistent if str(r["solution"]) == prior else inconsistent).append(bool(r["correct"]))
+        answer = r.get("parsed_answer")
+        if answer is None:
+            answer = extract_answer(r.get("response") or "")
+        agree.append(answer is not None and normalize_bool(answer) == prior)
+    return {
+        "consistent": fam.mean_or_none(consistent),
+        "inconsistent": fam.mean_or_none(inconsistent),
+        "agreement": fam.mean_or_none(agree),
+    }
+
+
+def inputs(config: dict, table_cfg: dict) -> list[str]:
+    exps = fam.experiments_of(config, NAME, table_cfg)
+    return [fam.scores_path(e, s) for e in exps for s in TRAINED] + [
+        fam.responses_path(e, s) for e in exps for s in TRAINED
+    ]
+
+
+def bias_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> pd.DataFrame:
+    rows = []
+    for exp in sorted(exps, key=lambda e: bias_level(config, e)):
+        model_cfg = config["models"][config["experiments"][exp]["model"]]
+        for stage in TRAINED:
+            s = scores[(exp, stage)]
+            rel = text_reliance(responses[(exp, stage)])
+            gap = None
+            if rel["consistent"] is not None and rel["inconsistent"] is not None:
+                gap = rel["consistent"] - rel["inconsistent"]
+            rows.append(
+                {
+                    "experiment": exp,
+                    "model": model_label(model_cfg),
+                    "train bias": bias_level(config, exp),
+                    "stage": STAGE_LABELS[stage],
+                    "test accuracy": fam.split_value(s, "test"),
+                    "blank-image accuracy": fam.split_value(s, "test-blank"),
+                    "bias-consistent accuracy": rel["consistent"],
+                    "bias-inconsistent accuracy": rel["inconsistent"],
+                    "consistent − inconsistent": gap,
+                    "agreement with text prior": rel["agreement"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path]:
+    exps = fam.experiments_of(config, NAME, table_cfg)
+    scores = fam.read_all({(e, s): fam.scores_path(e, s) for e in exps for s in TRAINED})
+    responses = fam.read_all({(e, s): fam.responses_path(e, s) for e in exps for s in TRAINED})
+    df = bias_frame(config, exps, scores, responses)
+    study = "; ".join(f"{k} {v[0]:.1f} / {v[1]:.1f}" for k, v in STUDY_BIAS.items())
+    write_table(
+        df,
+        out_md,
+        "Text bias: accuracy (%) on the unbiased test split after training on biased relation sets",
+        notes=[
+            "train bias: P(caption true) for relation words whose text prior is True (1 − it for the others); "
+            "0.5 is unbiased. The test split is always unbiased.",
+            "blank-image: the test split with grey images (chance 50 %); bias-(in)consistent: test items whose "
+            "answer the relation word's prior gets right (wrong); agreement: answers equal to that prior.",
+            f"The study (VSR test, SFT / GRPO): {study}.",
+        ],
+    )
+    outputs = [Path(out_md), Path(out_md).with_suffix(".csv")]
+    fig = Path(fig_dir) / "accuracy_vs_bias.png"
+    series: dict[str, dict[float, float | None]] = {}
+    styles = {}
+    for stage in TRAINED:
+        sub = df[df["stage"] == STAGE_LABELS[stage]]
+        label = STAGE_LABELS[stage]
+        series[f"{label}: test"] = dict(zip(sub["train bias"], sub["test accuracy"], strict=True))
+        series[f"{label}: inconsistent items"] = dict(
+            zip(sub["train bias"], sub["bias-inconsistent accuracy"], strict=True)
+        )
+        series[f"{label}: blank image"] = dict(
+            zip(sub["train bias"], sub["blank-image accuracy"], strict=True)
+        )
+        styles |= {
+            f"{label}: test": "-o",
+            f"{label}: inconsistent items": "--s",
+            f"{label}: blank image": ":^",
+        }
+    fam.line_plot(
+        series, fig, "unbiased test accuracy vs training-set bias", "train bias", chance=50.0, styles=styles
+    )
+    outputs.append(fig)
+    return fam.finish(outputs, config, table_cfg, inputs(config, table_cfg))
