@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..io import read_json
 from ..provenance import write_sidecar
-from . import figures
+from . import figures, grounding_table, prompt_tuning_table
 from .tables import load_scores, vsr_main_frame, write_table
 
 #: The study's reported VSR accuracies (%), by model architecture and (stage, split), drawn beside ours in
@@ -101,7 +101,11 @@ class TableSpec:
 
 
 #: Every table by its name under ``tables:`` in the config.
-TABLES: dict[str, TableSpec] = {"vsr_main": TableSpec(build_vsr_main, vsr_main_inputs)}
+TABLES: dict[str, TableSpec] = {
+    "vsr_main": TableSpec(build_vsr_main, vsr_main_inputs),
+    "grounding": TableSpec(grounding_table.build, grounding_table.inputs),
+    "prompt_tuning": TableSpec(prompt_tuning_table.build, prompt_tuning_table.inputs),
+}
 
 
 def table_spec(name: str) -> TableSpec:

@@ -8,7 +8,11 @@ from pathlib import Path
 from ..provenance import sidecar_path
 
 #: Report category (experiment family) of each paper table; unknown tables are listed under their own name.
-TABLE_FAMILIES = {"vsr_main": "VSR spatial relations"}
+TABLE_FAMILIES = {
+    "vsr_main": "VSR spatial relations",
+    "grounding": "Grounded reasoning (DrivingVQA-style)",
+    "prompt_tuning": "Soft-prompt tuning",
+}
 JUDGE_FAMILY = "LLM-as-judge alignment"
 #: Packages whose versions label every report item.
 LABEL_PACKAGES = ("torch", "transformers", "trl", "peft")
