@@ -42,18 +42,31 @@ def _image_types(model, inputs_embeds, n_prefix: int):
     return (inputs_embeds[:, n_prefix:] == image_embed).all(-1).int()
 
 
-def attach_mrope_positions(model, num_virtual_tokens: int):
-    """Give a Qwen2.5-VL model with ``num_virtual_tokens`` prepended soft-prompt tokens correct 3D positions.
+def attach_mrope_positions(peft_model):
+    """Give a soft-prompted Qwen2.5-VL (a PEFT prompt-learning model) correct 3D positions.
 
-    Registers a forward pre-hook on ``model`` (the ``Qwen2_5_VLForConditionalGeneration`` PEFT wraps): when it
-    is called with ``inputs_embeds`` but no ``input_ids``/``position_ids`` and an image grid (PEFT's prefill and
-    training calls), the positions are computed with ``get_rope_index`` over [virtual tokens as text, the real
-    tokens] and the rope deltas stored for the decode steps. Other architectures are left alone (their
-    positions are 1D). Returns the hook handle, or None when nothing was attached."""
+    Registers a forward pre-hook on the wrapped ``Qwen2_5_VLForConditionalGeneration``: when it is called with
+    ``inputs_embeds`` but no ``input_ids``/``position_ids`` (PEFT's training and prefill calls), the positions
+    are computed with ``get_rope_index`` over [virtual tokens as text, the real tokens] and the rope deltas
+    stored; decode steps continue from them. ``generate`` hands the model precomputed image features instead
+    of ``image_grid_thw``, so the PEFT model's ``generate`` is wrapped to keep the grid for the prefill. Other
+    architectures are left alone (their positions are 1D). Returns the hook handle, or None."""
     import torch
 
+    model = peft_model.get_base_model()
     if getattr(model.config, "model_type", None) != "qwen2_5_vl":
         return None
+    num_virtual_tokens = int(peft_model.active_peft_config.num_virtual_tokens)
+    generate = peft_model.generate
+
+    def generate_keeping_grid(*args, **kwargs):
+        model._soft_prompt_image_grid = kwargs.get("image_grid_thw")
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            model._soft_prompt_image_grid = None
+
+    peft_model.generate = generate_keeping_grid
 
     def hook(module, args, kwargs):
         if args or kwargs.get("position_ids") is not None:
@@ -63,6 +76,8 @@ def attach_mrope_positions(model, num_virtual_tokens: int):
             return _decode_positions(module, kwargs)
         embeds = kwargs.get("inputs_embeds")
         grid = kwargs.get("image_grid_thw")
+        if grid is None:
+            grid = getattr(module, "_soft_prompt_image_grid", None)
         if embeds is None or grid is None or kwargs.get("input_ids") is not None:
             return None
         n_real = embeds.shape[1] - num_virtual_tokens
@@ -109,5 +124,5 @@ def load_prompt_adapter(adapter_dir: str | Path, *, dtype: str = "float32"):
     cfg = adapter_config(adapter_dir)
     base = load_model(cfg["base_model_name_or_path"], dtype=dtype)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
-    attach_mrope_positions(model.get_base_model(), int(cfg["num_virtual_tokens"]))
+    attach_mrope_positions(model)
     return model

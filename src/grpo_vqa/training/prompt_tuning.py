@@ -99,5 +99,5 @@ def run_prompt_tuning(
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     if not trainable or any("prompt_encoder" not in n for n in trainable):
         raise RuntimeError(f"prompt tuning must train the soft prompt only; trainable: {trainable[:5]}")
-    attach_mrope_positions(trainer.model.get_base_model(), peft_config.num_virtual_tokens)
+    attach_mrope_positions(trainer.model)
     return train_resume_save(trainer, processor, ckpt_dir, out_dir, "prompt_tune", "loss")
