@@ -32,7 +32,7 @@ SEED = int(config["seed"])
 THREADS = int(config.get("threads_per_job", 1))
 EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
-# Soft-prompt stages (rule prompt_tune): the stage name and the completion the prompt is trained to produce.
+# Soft-prompt stages (trained by prompt_tune in train.smk): the stage name and the completion the prompt is trained to produce.
 PT_STAGES = {"pt_direct": "direct", "pt_reason": "reason"}
 
 
