@@ -77,6 +77,8 @@ def check_references(config: dict) -> None:
             ds = exp["dataset"] if key == "dataset" else exp["eval_datasets"][int(key.split(".")[1])]
             if ds not in config["datasets"]:
                 raise ConfigError(f"config key experiments.{name}.{key}: unknown dataset {ds!r}")
+    for name, exp in config["experiments"].items():
+        check_sft_from(config, name, exp)
     for name, table in config["tables"].items():
         for i, exp in enumerate(table["experiments"]):
             if exp not in config["experiments"]:
@@ -142,6 +144,36 @@ def check_config_files(paths) -> None:
                 loader.dispose()
 
 
+def check_sft_from(config: dict, name: str, exp: dict) -> None:
+    """``experiments.<name>.sft_from``: another experiment of the same model that trains its own SFT stage."""
+    other = exp.get("sft_from")
+    if other is None:
+        return
+    key = f"config key experiments.{name}.sft_from"
+    if other == name:
+        raise ConfigError(f"{key}: an experiment cannot take its SFT model from itself")
+    if other not in config["experiments"]:
+        raise ConfigError(f"{key}: unknown experiment {other!r}")
+    source = config["experiments"][other]
+    if source.get("sft_from"):
+        raise ConfigError(
+            f"{key}: {other!r} itself takes its SFT model from {source['sft_from']!r}; name that one"
+        )
+    if source["model"] != exp["model"]:
+        raise ConfigError(
+            f"{key}: {other!r} trains model {source['model']!r}, this experiment {exp['model']!r}"
+        )
+    if exp.get("sft"):
+        raise ConfigError(
+            f"config key experiments.{name}.sft: not used with sft_from (the SFT stage is {other!r}'s); remove it"
+        )
+
+
+def sft_source(config: dict, experiment: str) -> str:
+    """The experiment whose SFT stage ``experiment`` uses (itself unless ``sft_from`` names another)."""
+    return config["experiments"][experiment].get("sft_from") or experiment
+
+
 def check_model_path(key: str, path: str | None) -> None:
     """A pretrained model needs a local directory, or a hub id that is reachable (or cached when offline)."""
     if not path:
@@ -174,9 +206,13 @@ def deep_merge(base: dict, override: dict | None) -> dict:
 
 
 def stage_config(config: dict, experiment: str, stage: str) -> dict:
-    """The settings one training stage of one experiment runs with (defaults + experiment overrides)."""
+    """The settings one training stage of one experiment runs with (defaults + experiment overrides).
+
+    ``stage`` is a top-level section (sft, grpo, prompt_tuning, evaluation); a missing section is empty."""
     exp = config["experiments"][experiment]
-    return deep_merge(config[stage], exp.get(stage))
+    if stage not in config and stage not in exp:
+        raise ConfigError(f"config key {stage}: missing (experiment {experiment!r} needs it)")
+    return deep_merge(config.get(stage) or {}, exp.get(stage))
 
 
 def as_json(obj: object) -> str:

@@ -12,6 +12,8 @@ from grpo_vqa.config import (  # noqa: E402
     ConfigError,
     as_json,
     check_config_files,
+    deep_merge,
+    sft_source,
     stage_config,
     validate_config,
 )
@@ -32,14 +34,17 @@ SEED = int(config["seed"])
 THREADS = int(config.get("threads_per_job", 1))
 EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
+# Soft-prompt stages (trained by prompt_tune in train.smk): the stage name and the completion the prompt is trained to produce.
+PT_STAGES = {"pt_direct": "direct", "pt_reason": "reason"}
 
 
 wildcard_constraints:
     exp="|".join(EXPERIMENTS) or "NONE",
     model="|".join(config["models"]),
     dataset="|".join(config["datasets"]),
-    stage="base|sft|grpo",
+    stage="|".join(STAGES + list(PT_STAGES)),
     trained="sft|grpo",
+    pt="|".join(PT_STAGES),
     table="|".join(config["tables"]),
 
 
@@ -73,16 +78,24 @@ def train_params(exp, stage):
 
 
 def eval_params(exp):
+    """Evaluation settings: the global section with the experiment's own ``evaluation:`` overrides."""
     return as_json(
-        config["evaluation"]
+        deep_merge(config["evaluation"], config["experiments"][exp].get("evaluation"))
         | {"seed": SEED, "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
     )
 
 
 def model_input(exp, stage):
-    """The model an experiment's stage starts from / is evaluated as."""
+    """The model an experiment's stage starts from / is evaluated as.
+
+    ``sft`` is the merged SFT model of ``sft_from`` when the experiment names one (GRPO variants share it);
+    a soft-prompt stage is its adapter directory (evaluation loads it onto the frozen base model)."""
     if stage == "base":
         return f"results/models/{model_of(exp)}/base.json"
+    if stage == "sft":
+        return f"results/runs/{sft_source(config, exp)}/sft/model"
+    if stage in PT_STAGES:
+        return f"results/runs/{exp}/{stage}/adapter"
     return f"results/runs/{exp}/{stage}/model"
 
 

@@ -76,3 +76,34 @@ rule grpo:
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
+
+
+rule prompt_tune:
+    """Soft-prompt tuning of the frozen base model (PEFT PromptTuningConfig, TRL SFTTrainer): pt_direct trains
+    the prompt to answer <answer>X</answer> at once, pt_reason to write <think>…</think><answer>…</answer>."""
+    input:
+        model=lambda w: model_input(w.exp, "base"),
+        data=lambda w: dataset_dir(experiment(w)["dataset"]),
+    output:
+        directory("results/runs/{exp}/{pt}/adapter"),
+    params:
+        script=f"{SCRIPTS}/train_prompt.py",
+        cfg=lambda w: train_params(w.exp, "prompt_tuning"),
+        target=lambda w: PT_STAGES[w.pt],
+        ckpt="results/checkpoints/{exp}/{pt}",
+        tb="results/logs/tensorboard/{exp}/{pt}",
+    log:
+        "results/logs/prompt_tune/{exp}-{pt}.log",
+    benchmark:
+        "results/benchmarks/prompt_tune/{exp}-{pt}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: THREADS
+    resources:
+        runtime=train_runtime,
+        mem_mb=train_mem,
+        gpu=train_gpu,
+    shell:
+        "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        " --data {input.data} --target {params.target} --out {output} --ckpt {params.ckpt}"
+        " --log-dir {params.tb} > {log} 2>&1"

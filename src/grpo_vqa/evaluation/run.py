@@ -16,6 +16,16 @@ def model_fingerprint(model_path: str, cfg: dict) -> str:
     return config_hash({"model": path_fingerprint(model_path), "cfg": cfg})[:16]
 
 
+def load_eval_model(model_path: str, dtype: str = "float32"):
+    """A model directory or hub id, or a soft-prompt adapter directory (loaded onto its frozen base model)."""
+    from ..models.loading import load_model
+    from ..models.soft_prompt import is_prompt_adapter, load_prompt_adapter
+
+    if is_prompt_adapter(model_path):
+        return load_prompt_adapter(model_path, dtype=dtype)
+    return load_model(model_path, dtype=dtype)
+
+
 def evaluation_sets(
     data_dir: str, splits: list[str], extra: dict[str, str], blank_probe: bool
 ) -> list[tuple]:
@@ -36,12 +46,12 @@ def evaluate_model(
     extra: dict[str, str] | None = None,
 ) -> dict:
     """Write ``generated_responses_<name>.json`` per set and ``scores.json``; return the scores."""
-    from ..models.loading import load_model, load_processor
+    from ..models.loading import load_processor
 
     out_dir = Path(out_dir)
     # Cached responses are only valid for this model and these settings: key the cache on both.
     cache_dir = Path(cache_dir) / model_fingerprint(model_path, cfg)
-    model = load_model(model_path, dtype=cfg.get("dtype", "float32"))
+    model = load_eval_model(model_path, dtype=cfg.get("dtype", "float32"))
     model.eval()
     processor = load_processor(model_path, padding_side="left")
     scores: dict = {"model": model_path, "splits": {}}

@@ -38,3 +38,22 @@ def split_scores(records: list[dict]) -> dict:
         if grouped:
             out[name] = grouped
     return out
+
+
+def mean_box_iou(records: list[dict]) -> float | None:
+    """Mean IoU (0-1) between the boxes a response names in its ``<think>`` part and the item's ground-truth
+    ``boxes`` (the ``iou`` reward: per item, the mean over ground-truth boxes of the best-matching named box;
+    no named box scores 0). Items without ground-truth boxes are skipped; None when no item has any."""
+    from ..rewards import iou_reward
+
+    scored = [r for r in records if r.get("boxes")]
+    if not scored:
+        return None
+    values = iou_reward([r["response"] for r in scored], boxes=[r["boxes"] for r in scored])
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def mean_response_words(records: list[dict]) -> float:
+    """Mean number of whitespace-separated words of the whole response (tags included)."""
+    return sum(len(str(r["response"]).split()) for r in records) / max(1, len(records))

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from ..io import read_json
 from ..provenance import write_sidecar
-from . import bias_table, figures, math_r1_table, shape_counting_table, sim2real_table
+from . import (
+    bias_table,
+    figures,
+    grounding_table,
+    math_r1_table,
+    prompt_tuning_table,
+    shape_counting_table,
+    sim2real_table,
+)
 from .tables import load_scores, vsr_main_frame, write_table
 
 #: The study's reported VSR accuracies (%), by model architecture and (stage, split), drawn beside ours in
@@ -107,6 +115,8 @@ TABLES: dict[str, TableSpec] = {
     "sim2real": TableSpec(sim2real_table.build, sim2real_table.inputs),
     "shape_counting": TableSpec(shape_counting_table.build, shape_counting_table.inputs),
     "math_r1": TableSpec(math_r1_table.build, math_r1_table.inputs),
+    "grounding": TableSpec(grounding_table.build, grounding_table.inputs),
+    "prompt_tuning": TableSpec(prompt_tuning_table.build, prompt_tuning_table.inputs),
 }
 
 

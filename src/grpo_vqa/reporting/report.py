@@ -14,6 +14,8 @@ TABLE_FAMILIES = {
     "sim2real": "Sim-to-real transfer",
     "shape_counting": "Shape counting (tutorial)",
     "math_r1": "Multimodal math (TRL recipe)",
+    "grounding": "Grounded reasoning (DrivingVQA-style)",
+    "prompt_tuning": "Soft-prompt tuning",
 }
 JUDGE_FAMILY = "LLM-as-judge alignment"
 #: Packages whose versions label every report item.

@@ -1,0 +1,103 @@
+"""Soft-prompt tuning: PEFT ``PromptTuningConfig`` with TRL ``SFTTrainer``; the base model stays frozen.
+
+Two targets (the study's "prompt-based reasoning induction"): ``direct`` trains the prompt to make the model
+answer at once (``<answer>X</answer>``), ``reason`` to reason first (``<think>…</think><answer>…</answer>``,
+the SFT targets). SFTTrainer takes the ``PromptTuningConfig`` as its ``peft_config`` and works with image
+inputs for both architectures: PEFT prepends the virtual tokens to the embeddings, pads the labels and the
+attention mask, and the models find their image slots by embedding. One fix is needed for Qwen2.5-VL, whose
+3D rotary positions PEFT drops (:func:`grpo_vqa.models.soft_prompt.attach_mrope_positions`).
+
+Checkpoints and resume as in :mod:`grpo_vqa.training.sft` (``train_resume_save``): the final adapter
+(``adapter_config.json`` + the virtual-token embeddings) and the processor are written atomically to
+``out_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models.soft_prompt import attach_mrope_positions
+from .common import make_complete_marker_callback, shared_trainer_kwargs, target_text
+from .progress import LogProgress
+from .sft import sft_rows
+
+TARGETS = ("direct", "reason")
+#: Default text the virtual tokens start from (``init: text``): task-neutral words.
+DEFAULT_INIT_TEXT = "Look at the image and answer the question."
+
+
+def completion_for(target: str, reasoning: str, solution: str) -> str:
+    """The text a soft prompt is trained to produce for one item."""
+    if target == "direct":
+        return f"<answer>{solution}</answer>"
+    if target == "reason":
+        return target_text(reasoning, solution)
+    raise ValueError(f"prompt tuning target {target!r}: expected one of {', '.join(TARGETS)}")
+
+
+def prompt_tuning_rows(ds, system_prompt: str | None, target: str):
+    """Prompt-completion rows (plus ``image``) whose completion is the ``target`` form of each item."""
+    completion_for(target, "", "")  # reject an unknown target before touching the data
+    ds = ds.map(lambda ex: {"pt_completion": completion_for(target, ex["reasoning"], ex["solution"])})
+    return sft_rows(ds, system_prompt, completion_field="pt_completion")
+
+
+def prompt_tuning_config(cfg: dict, tokenizer_path: str):
+    """A PEFT ``PromptTuningConfig`` from the pipeline's ``prompt_tuning`` section."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    n = int(cfg.get("num_virtual_tokens", 16))
+    if cfg.get("init", "text") == "random":
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n)
+    return PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=n,
+        prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text=cfg.get("init_text") or DEFAULT_INIT_TEXT,
+        tokenizer_name_or_path=str(tokenizer_path),
+    )
+
+
+def run_prompt_tuning(
+    model_path: str,
+    train_rows,
+    out_dir: str | Path,
+    ckpt_dir: str | Path,
+    cfg: dict,
+    seed: int,
+    log_dir: str | Path | None = None,
+    dtype: str = "float32",
+    logging_cfg: dict | None = None,
+) -> dict:
+    """Train one soft prompt on the frozen ``model_path`` and save the adapter plus processor to ``out_dir``."""
+    from trl import SFTConfig, SFTTrainer
+
+    from ..models.loading import load_model, load_processor
+    from .common import train_resume_save
+
+    ckpt_dir = Path(ckpt_dir)
+    model = load_model(model_path, dtype=dtype)
+    processor = load_processor(model_path, padding_side="right")
+    args = SFTConfig(
+        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
+        lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
+        warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
+        max_length=None,  # a length limit could cut image tokens
+        completion_only_loss=True,
+        logging_steps=max(1, int(cfg["max_steps"]) // 25),
+        save_steps=int(cfg.get("save_steps", 50)),
+    )
+    peft_config = prompt_tuning_config(cfg, model_path)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[make_complete_marker_callback(), LogProgress("prompt_tune")],
+    )
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    if not trainable or any("prompt_encoder" not in n for n in trainable):
+        raise RuntimeError(f"prompt tuning must train the soft prompt only; trainable: {trainable[:5]}")
+    attach_mrope_positions(trainer.model)
+    return train_resume_save(trainer, processor, ckpt_dir, out_dir, "prompt_tune", "loss")
