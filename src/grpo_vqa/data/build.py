@@ -103,7 +103,13 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
         if source == "synthetic":
             items = generator_for(cfg["kind"])(cfg, split, int(n), s_seed, name)
             items = _finalise_synthetic(items, cfg, image_dir, s_seed, split)
-            quality = {"rows_in": len(items), "rows_kept": len(items), "skipped": {}}
+            quality = {
+                "rows_in": len(items),
+                "rows_kept": len(items),
+                "not_selected": 0,
+                "skipped": {},
+                "skipped_examples": [],
+            }
         elif source in ("hub", "local"):
             from .real import DataQuality, load_items
 
