@@ -122,9 +122,14 @@ def test_duplicate_experiment_in_a_config_file_is_refused(tmp_path, record_prope
         check_config_files([REPO / "config" / "config.yaml", f])
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"{f}:5: duplicate key 'vsr_qwen' (first at line 2)"), msg
-    check_config_files(
-        [REPO / "config" / "config.yaml", REPO / "config" / "test.yaml", REPO / "config" / "paper.yaml"]
-    )
+    shipped = ["config.yaml", "test.yaml", "paper.yaml", "full-embedded.yaml"]
+    check_config_files([REPO / "config" / name for name in shipped])
+    merged = tmp_path / "merge.yaml"  # a YAML merge key's entries may be overridden; written twice may not
+    merged.write_text("a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n")
+    check_config_files([merged])
+    merged.write_text("a: &base {x: 1}\nb: {<<: *base, y: 3, y: 4}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'y'"):
+        check_config_files([merged])
     case(
         record_property,
         "config: two experiments of one name (same outputs) in one file",
