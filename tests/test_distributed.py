@@ -195,9 +195,9 @@ def inputs(tmp_path_factory):
     return root, model
 
 
-def _launch(inputs, procs: int) -> Path:
+def _launch(inputs, procs: int, name: str | None = None, grpo: bool = True) -> Path:
     root, model = inputs
-    out = root / f"p{procs}"
+    out = root / (name or f"p{procs}")
     launch = {"num_processes": procs, "num_machines": 1, "deepspeed_stage": None}
     common = ["--threads", "1", "--model", str(model), "--data", str(root / "data")]
 
@@ -214,8 +214,8 @@ def _launch(inputs, procs: int) -> Path:
         ]
 
     probe = [str(REPO / "tests" / "dist_probe.py"), str(out / "ids")]
-    probe += ["--", *stage_args("sft", SFT), "--", *stage_args("grpo", GRPO)]
-    out.mkdir()
+    probe += ["--", *stage_args("sft", SFT)] + (["--", *stage_args("grpo", GRPO)] if grpo else [])
+    out.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}",
@@ -292,6 +292,26 @@ def test_outputs_written_once_by_rank_zero_and_adapter_loads(runs):
     assert (ckpt / ".complete").is_file() and (ckpt / "rng_state_1.pth").is_file()
     model = PeftModel.from_pretrained(load_model(str(inputs_model(out))), str(out / "grpo"))
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_sft_resumes_with_two_processes(inputs, runs):
+    """A 2-process SFT killed after checkpoint-2 resumes from it with 2 processes (each rank's RNG state)
+    and ends with the uninterrupted run's history."""
+    import shutil
+
+    root = inputs[0]
+    resumed = root / "p2-resumed"
+    shutil.copytree(runs[2] / "ckpt-sft", resumed / "ckpt-sft")
+    for late in resumed.glob("ckpt-sft/run-*/checkpoint-3"):
+        shutil.rmtree(late)
+    out = _launch(inputs, 2, name="p2-resumed", grpo=False)
+    log = (out / "log.txt").read_text()
+    assert log.count("[sft] resuming from") == 1 and "checkpoint-2 (step 2)" in log
+    full, again = _history(runs[2], "sft"), _history(out, "sft")
+    assert [h["step"] for h in again] == [1, 2, 3]
+    for a, b in zip(full, again, strict=True):
+        assert a["num_tokens"] == b["num_tokens"]
+        assert abs(a["loss"] - b["loss"]) <= SFT_LOSS_TOL, (a, b)
 
 
 def inputs_model(out: Path) -> Path:
