@@ -124,7 +124,9 @@ def test_launch_errors_name_the_key():
 
 def test_slurm_resources_follow_the_switches():
     r = slurm_resources({"num_processes": 4, "num_machines": 2}, gpu_model=True, threads=1)
-    assert r == {"nodes": 2, "tasks": 2, "tasks_per_gpu": 0, "cpus_per_task": 32, "gpu": 8}
+    assert r == {"nodes": 2, "tasks": 2, "tasks_per_gpu": 0, "cpus_per_task": 32, "gpu": 0, "gres": "gpu:4"}
+    r = slurm_resources({"num_processes": 2}, gpu_model=True, threads=1)
+    assert r["gpu"] == 2 and r["gres"] == "" and r["nodes"] == 1 and r["cpus_per_task"] == 16
     r = slurm_resources(None, gpu_model=False, threads=2)
     assert r["gpu"] == 0 and r["nodes"] == 1 and r["cpus_per_task"] == 2
 

@@ -158,19 +158,23 @@ def rule_command(launch: dict | None, key: str) -> str:
 def slurm_resources(launch: dict | None, gpu_model: bool, threads: int) -> dict:
     """Resources of a training job for snakemake-executor-plugin-slurm 2.8.
 
-    ``nodes`` = num_machines (``--nodes``); ``gpu`` = all GPUs of the job (``--gpus``, one per process);
-    ``tasks`` = one task per node (``--ntasks`` for CPU jobs: accelerate starts the ranks inside it);
-    ``tasks_per_gpu`` = 0 stops the plugin from turning ``tasks`` into ``--ntasks-per-gpu`` for GPU jobs;
-    ``cpus_per_task`` = CPUs per rank (8 for GPU models, ``threads`` for tiny CPU ones) x ranks per node.
+    ``nodes`` = num_machines (``--nodes``). GPUs, one per process: on one node ``gpu`` (the plugin's
+    ``--gpus``, a count per job); on several ``gres`` = ``gpu:<processes per node>`` (``--gres``, a count
+    per node, so every node gets its share) and ``gpu`` = 0. ``tasks`` = one task per node (``--ntasks`` for
+    CPU jobs: accelerate starts the ranks inside it); ``tasks_per_gpu`` = 0 stops the plugin from turning
+    ``tasks`` into ``--ntasks-per-gpu`` for GPU jobs; ``cpus_per_task`` = CPUs per rank (8 for GPU models,
+    ``threads`` for tiny CPU ones) x ranks per node.
     """
     s = launch_settings(launch)
     procs, machines = int(s["num_processes"]), int(s["num_machines"])
+    per_node = gpu_model and machines > 1
     return {
         "nodes": machines,
         "tasks": machines,
         "tasks_per_gpu": 0,
         "cpus_per_task": (8 if gpu_model else int(threads)) * procs,
-        "gpu": procs * machines if gpu_model else 0,
+        "gpu": procs if gpu_model and not per_node else 0,
+        "gres": f"gpu:{procs}" if per_node else "",
     }
 
 

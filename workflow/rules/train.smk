@@ -18,12 +18,13 @@ rule sft:
     conda:
         "../../envs/train.yaml"
     threads: THREADS
-    # sft.launch: nodes = num_machines, one GPU per process (GPU models), one task per node (accelerate
-    # starts the ranks), CPUs and memory per node scale with the processes per node (grpo_vqa.launch)
+    # sft.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
+    # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
         runtime=train_runtime,
         mem_mb=train_stage_mem("sft"),
         gpu=train_resource("sft", "gpu"),
+        gres=train_resource("sft", "gres"),
         nodes=train_resource("sft", "nodes"),
         tasks=train_resource("sft", "tasks"),
         tasks_per_gpu=train_resource("sft", "tasks_per_gpu"),
@@ -77,12 +78,13 @@ rule grpo:
     conda:
         "../../envs/train.yaml"
     threads: THREADS
-    # grpo.launch: nodes = num_machines, one GPU per process (GPU models), one task per node (accelerate
-    # starts the ranks), CPUs and memory per node scale with the processes per node (grpo_vqa.launch)
+    # grpo.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
+    # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
         runtime=train_runtime,
         mem_mb=train_stage_mem("grpo"),
         gpu=train_resource("grpo", "gpu"),
+        gres=train_resource("grpo", "gres"),
         nodes=train_resource("grpo", "nodes"),
         tasks=train_resource("grpo", "tasks"),
         tasks_per_gpu=train_resource("grpo", "tasks_per_gpu"),
