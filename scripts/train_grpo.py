@@ -4,7 +4,7 @@ from grpo_vqa import cli
 from grpo_vqa.data.build import load_split
 from grpo_vqa.models.refs import resolve_model
 from grpo_vqa.provenance import write_sidecar
-from grpo_vqa.training.common import run_checkpoint_dir, setup_runtime
+from grpo_vqa.training.common import is_main_process, run_checkpoint_dir, setup_runtime
 from grpo_vqa.training.grpo import grpo_rows, run_grpo
 
 
@@ -26,8 +26,9 @@ def main() -> None:
         dtype=cfg.get("dtype", "float32"),
         logging_cfg=cfg.get("logging"),
     )
-    write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
-    print(f"[grpo] done: {len(result['history'])} steps logged, resumed from {result['resumed_from']}")
+    if is_main_process():  # the other ranks of a data-parallel run write nothing
+        write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])
+        print(f"[grpo] done: {len(result['history'])} steps logged, resumed from {result['resumed_from']}")
 
 
 if __name__ == "__main__":

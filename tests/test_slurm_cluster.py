@@ -38,7 +38,8 @@ from slurm_helpers import (
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 TRAINING_RULES = ("sft", "grpo", "prompt_tuning")
-GPU_RULES = (*TRAINING_RULES, "merge_lora", "evaluate")
+#: Rules whose GPU count the profile pins; sft and grpo take theirs from the rule (`launch` switches).
+GPU_RULES = ("prompt_tuning", "merge_lora", "evaluate")
 WALLTIME_MIN = 720  # the clusters kill jobs at 12 h
 
 
@@ -302,7 +303,10 @@ def test_profiles_load_in_snakemake(profile, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     sft_block = proc.stdout.split("rule sft:")[1].split("rule ")[0]
+    pt_block = proc.stdout.split("rule prompt_tuning:")[1].split("rule ")[0]
     if profile == SLURM_PROFILE:
-        assert "gpu=1" in sft_block and "runtime=720" in sft_block and "slurm_partition=gpuq" in sft_block
+        # sft's GPUs come from the rule (its launch switches), not from the profile
+        assert "gpu=" not in sft_block and "runtime=720" in sft_block and "slurm_partition=gpuq" in sft_block
+        assert "gpu=1" in pt_block and "runtime=720" in pt_block
     elif profile == SLURM_TEST_PROFILE:
         assert "gpu=0" in sft_block and "slurm_partition=debug" in sft_block

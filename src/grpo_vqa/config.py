@@ -90,6 +90,11 @@ def check_references(config: dict) -> None:
         if ds["source"] != "synthetic" and not ds.get("loader"):
             raise ConfigError(f"config key datasets.{name}.loader: required when source is {ds['source']!r}")
     check_output_collisions(config)
+    for stage in ("sft", "grpo"):
+        per_device_batch_size(config[stage], stage)
+        for name in config["experiments"]:
+            if stage in config["experiments"][name]:
+                per_device_batch_size(stage_config(config, name, stage), f"experiments.{name}.{stage}", stage)
 
 
 #: Table names whose outputs other rules write (results/tables/<name>.md).
@@ -173,6 +178,29 @@ def check_sft_from(config: dict, name: str, exp: dict) -> None:
 def sft_source(config: dict, experiment: str) -> str:
     """The experiment whose SFT stage ``experiment`` uses (itself unless ``sft_from`` names another)."""
     return config["experiments"][experiment].get("sft_from") or experiment
+
+
+def per_device_batch_size(cfg: dict, key: str, stage: str | None = None) -> int:
+    """Per-process batch of a training stage whose ``batch_size`` is the GLOBAL batch of one optimizer step:
+    ``batch_size / (launch.num_processes * launch.num_machines * grad_accum)``, which must be a whole number.
+    For GRPO ``batch_size`` counts completions and must also be a multiple of ``num_generations`` (TRL's
+    generation batch is the global batch). ``key`` names the config section in errors."""
+    stage = stage or key.rsplit(".", 1)[-1]
+    launch = cfg.get("launch") or {}
+    procs = int(launch.get("num_processes", 1)) * int(launch.get("num_machines", 1))
+    accum = int(cfg.get("grad_accum", 1))
+    batch = int(cfg["batch_size"])
+    if batch % (procs * accum):
+        raise ConfigError(
+            f"config key {key}.batch_size: the global batch {batch} is not divisible by "
+            f"launch.num_processes x launch.num_machines x grad_accum = {procs * accum}"
+        )
+    if stage == "grpo" and batch % int(cfg["num_generations"]):
+        raise ConfigError(
+            f"config key {key}.batch_size: {batch} completions per step is not a multiple of "
+            f"num_generations = {cfg['num_generations']}"
+        )
+    return batch // (procs * accum)
 
 
 def check_model_path(key: str, path: str | None) -> None:

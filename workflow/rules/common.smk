@@ -17,6 +17,7 @@ from grpo_vqa.config import (  # noqa: E402
     stage_config,
     validate_config,
 )
+from grpo_vqa.launch import rule_command, slurm_resources  # noqa: E402
 
 try:
     check_config_files(workflow.configfiles)
@@ -119,6 +120,35 @@ def train_mem(wildcards, attempt):
 
 def train_gpu(wildcards):
     return 1 if is_gpu_model(wildcards.exp) else 0
+
+
+def stage_launch(exp, stage):
+    return stage_config(config, exp, stage).get("launch")
+
+
+def train_launch(exp, stage):
+    """What starts a training script (python, or accelerate launch with srun per node)."""
+    return rule_command(stage_launch(exp, stage), f"{stage}.launch")
+
+
+def train_resource(stage, name):
+    """A SLURM resource of a training job, following its stage's launch switches (see grpo_vqa.launch)."""
+
+    def get(wildcards):
+        launch = stage_launch(wildcards.exp, stage)
+        return slurm_resources(launch, is_gpu_model(wildcards.exp), THREADS)[name]
+
+    return get
+
+
+def train_stage_mem(stage):
+    """Memory per node: one rank's share times the ranks on that node, scaled by the attempt."""
+
+    def get(wildcards, attempt):
+        launch = stage_launch(wildcards.exp, stage) or {}
+        return train_mem(wildcards, attempt) * int(launch.get("num_processes", 1))
+
+    return get
 
 
 def extra_eval_sets(w):

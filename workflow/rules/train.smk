@@ -7,6 +7,7 @@ rule sft:
         directory("results/runs/{exp}/sft/adapter"),
     params:
         script=f"{SCRIPTS}/train_sft.py",
+        launch=lambda w: train_launch(w.exp, "sft"),
         cfg=lambda w: train_params(w.exp, "sft"),
         ckpt="results/checkpoints/{exp}/sft",
         tb="results/logs/tensorboard/{exp}/sft",
@@ -17,12 +18,19 @@ rule sft:
     conda:
         "../../envs/train.yaml"
     threads: THREADS
+    # sft.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
+    # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
         runtime=train_runtime,
-        mem_mb=train_mem,
-        gpu=train_gpu,
+        mem_mb=train_stage_mem("sft"),
+        gpu=train_resource("sft", "gpu"),
+        gres=train_resource("sft", "gres"),
+        nodes=train_resource("sft", "nodes"),
+        tasks=train_resource("sft", "tasks"),
+        tasks_per_gpu=train_resource("sft", "tasks_per_gpu"),
+        cpus_per_task=train_resource("sft", "cpus_per_task"),
     shell:
-        "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "{params.launch} {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
 
 
@@ -59,6 +67,7 @@ rule grpo:
         directory("results/runs/{exp}/grpo/adapter"),
     params:
         script=f"{SCRIPTS}/train_grpo.py",
+        launch=lambda w: train_launch(w.exp, "grpo"),
         cfg=lambda w: train_params(w.exp, "grpo"),
         ckpt="results/checkpoints/{exp}/grpo",
         tb="results/logs/tensorboard/{exp}/grpo",
@@ -69,12 +78,19 @@ rule grpo:
     conda:
         "../../envs/train.yaml"
     threads: THREADS
+    # grpo.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
+    # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
         runtime=train_runtime,
-        mem_mb=train_mem,
-        gpu=train_gpu,
+        mem_mb=train_stage_mem("grpo"),
+        gpu=train_resource("grpo", "gpu"),
+        gres=train_resource("grpo", "gres"),
+        nodes=train_resource("grpo", "nodes"),
+        tasks=train_resource("grpo", "tasks"),
+        tasks_per_gpu=train_resource("grpo", "tasks_per_gpu"),
+        cpus_per_task=train_resource("grpo", "cpus_per_task"),
     shell:
-        "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
+        "{params.launch} {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
 
 

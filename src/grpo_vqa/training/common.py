@@ -32,16 +32,22 @@ def shared_trainer_kwargs(
 ) -> dict:
     """TrainingArguments both trainers take the same way (checkpointing, logging, seeds, precision, device).
 
-    Logs go to TensorBoard under ``log_dir``, and to Weights & Biases when ``logging_cfg.wandb.enabled``."""
+    Logs go to TensorBoard under ``log_dir``, and to Weights & Biases when ``logging_cfg.wandb.enabled``.
+    ``cfg["batch_size"]`` is the global batch of one optimizer step, split over ``cfg["launch"]``'s processes
+    (see :func:`grpo_vqa.config.per_device_batch_size`); the running world size must match ``launch``."""
     import torch
 
+    from ..config import per_device_batch_size
     from .progress import is_tty, report_to
+
+    stage = "grpo" if "num_generations" in cfg else "sft"
+    check_world_size(cfg.get("launch"), f"{stage}.launch")
 
     return {
         "output_dir": str(ckpt_dir),
         "max_steps": int(cfg["max_steps"]),
         "learning_rate": float(cfg["learning_rate"]),
-        "per_device_train_batch_size": int(cfg["batch_size"]),
+        "per_device_train_batch_size": per_device_batch_size(cfg, stage),
         "gradient_accumulation_steps": int(cfg.get("grad_accum", 1)),
         "save_strategy": "steps",
         "save_total_limit": 2,
@@ -54,6 +60,25 @@ def shared_trainer_kwargs(
         "dataloader_num_workers": 0,
         "disable_tqdm": not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
     }
+
+
+def check_world_size(launch: dict | None, key: str = "launch") -> None:
+    """The processes actually running (``WORLD_SIZE``, set by accelerate/torchrun) must be those ``launch``
+    asks for: the per-process batch was computed from it."""
+    from ..config import ConfigError
+    from ..launch import world_size
+
+    running = int(os.environ.get("WORLD_SIZE", "1"))
+    if running != world_size(launch):
+        raise ConfigError(
+            f"config key {key}: {world_size(launch)} processes configured (num_processes x num_machines) but "
+            f"{running} are running (WORLD_SIZE); start training through grpo_vqa.launch"
+        )
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a (possibly) distributed run: the one process that writes outputs, sidecars and logs."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
@@ -189,16 +214,18 @@ def train_resume_save(
 ) -> dict:
     """Train (resuming from the newest complete checkpoint in ``ckpt_dir``), then write the final model,
     processor and per-step history (log entries holding ``history_key``) atomically to ``out_dir``."""
-    for broken in discard_incomplete_checkpoints(ckpt_dir):
-        print(
-            f"[{name}] discarded incomplete checkpoint {broken} (no valid {COMPLETE_MARKER} marker)",
-            flush=True,
-        )
+    if trainer.is_world_process_zero():  # one rank deletes; the others wait for it
+        for broken in discard_incomplete_checkpoints(ckpt_dir):
+            print(
+                f"[{name}] discarded incomplete checkpoint {broken} (no valid {COMPLETE_MARKER} marker)",
+                flush=True,
+            )
+    trainer.accelerator.wait_for_everyone()
     resume = latest_complete_checkpoint(ckpt_dir)
-    if resume is not None:
+    if resume is not None and trainer.is_world_process_zero():
         print(f"[{name}] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
-        if on_resume is not None:
-            on_resume(resume)
+    if resume is not None and on_resume is not None:
+        on_resume(resume)
     if resume is not None and int(resume.name.split("-")[-1]) >= trainer.args.max_steps:
         # Killed after the last checkpoint but before the output was written: training is finished. Resuming
         # through train() would run one extra step, so load the final checkpoint's weights and state instead.
@@ -212,12 +239,16 @@ def train_resume_save(
         except Exception as exc:
             raise_if_disk_full(exc, ckpt_dir)
             raise
+    # Every rank takes part in saving (ZeRO-3 gathers the weights); the Trainer writes on the main one only.
     tmp = Path(str(out_dir) + ".tmp")
     trainer.save_model(str(tmp))
-    processor.save_pretrained(str(tmp))
     history = [h for h in trainer.state.log_history if history_key in h]
-    (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
-    replace_dir(tmp, out_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(tmp))
+        (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
+        replace_dir(tmp, out_dir)
+    # no rank exits (ending the launch) before the output is in place
+    trainer.accelerator.wait_for_everyone()
     return {"history": history, "resumed_from": str(resume) if resume else None}
 
 

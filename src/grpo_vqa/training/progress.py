@@ -100,6 +100,7 @@ class LogProgress(_trainer_callback_base()):
         self.last_printed = -1
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.main = bool(state.is_world_process_zero)  # one progress line per step, not one per rank
         self.t0 = self.clock()
         self.step0 = int(state.global_step)
         if self.every is None:
@@ -137,6 +138,8 @@ class LogProgress(_trainer_callback_base()):
         self._line(self.status_line(step, max_steps))
 
     def _line(self, text: str) -> None:
+        if not getattr(self, "main", True):
+            return
         self.stream.write(f"[{self.name}] {text}\n")
         self.stream.flush()
 
