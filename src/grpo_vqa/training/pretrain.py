@@ -7,7 +7,6 @@ from pathlib import Path
 from .common import prompt_messages
 from .sft import run_sft
 
-
 #: Optional keys of ``models.<name>.pretrain`` passed to :func:`grpo_vqa.data.pretrain.make_pretrain_items`.
 ITEM_KEYS = ("layout", "relation_share", "proximity_share", "textured_share")
 
