@@ -24,7 +24,7 @@ def test_family_tables_end_to_end(tmp_path):
     cmd += ["--configfile", *[str(REPO / c) for c in CONFIGS]]
     t0 = time.monotonic()
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"family tables end to end: {time.monotonic() - t0:.0f} s")
     res = tmp_path / "results"
