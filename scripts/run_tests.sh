@@ -8,6 +8,6 @@ scripts/slurm/start_local_slurm.sh
 trap 'scripts/slurm/stop_local_slurm.sh || true' EXIT
 python3 -m ruff check .
 python3 -m ruff format --check .
-# -m "not embedded": the end-to-end checks on a full embedded-default run (tests/test_embedded_run.py,
-# about 10 minutes on 2 cores) run with `python3 -m pytest -m embedded`.
-python3 -m pytest -q -m "not embedded" "$@"
+# Not in CI (each ~10 minutes on 2 cores): the checks on a full embedded-default run
+# (`python3 -m pytest -m embedded`) and the tiny end-to-end runs of the six family tables (`-m families`).
+python3 -m pytest -q -m "not embedded and not families" "$@"

@@ -16,6 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
+# Several minutes of real training on 2 cores: `pytest -m families` (not in CI; see README, Development).
+pytestmark = pytest.mark.families
+
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("results/tables/grounding.md", "results/tables/prompt_tuning.md")
 TINY = {

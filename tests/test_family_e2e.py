@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+# Several minutes of real training on 2 cores: `pytest -m families` (not in CI; see README, Development).
+pytestmark = pytest.mark.families
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("bias", "sim2real", "shape_counting", "math_r1")
