@@ -115,6 +115,15 @@ def test_bias_table_follows_its_upstream_files(config, workdir):
     for path in outputs:
         assert Path(str(path) + ".provenance.json").exists(), path
     assert (workdir / "results/figures/bias/accuracy_vs_bias.png").stat().st_size > 5000
+    assert (workdir / "results/figures/bias/vs_study.png.provenance.json").exists()
+    ours, study = bias_table.study_comparison(csv_of(out))
+    assert study["SFT"] == {
+        "bias 0.5 (unbiased)": 82.0,
+        "bias 0.8 (biased)": 84.6,
+        "bias 0.95 (strongly biased)": 79.9,
+    }
+    assert study["SFT → GRPO"]["bias 0.95 (strongly biased)"] == 80.7
+    assert set(ours["SFT"]) == set(study["SFT"])
 
     put(
         "results/eval/bias_080/grpo/scores.json", {"splits": {"test": split(71.5), "test-blank": split(52.0)}}
@@ -176,6 +185,7 @@ def test_sim2real_table_follows_its_upstream_files(config, workdir):
     assert df.loc["SFT → GRPO on source", "target − source"] == pytest.approx(-24.0)
     assert df.loc["SFT on source", "study: target (reported)"] == 50.8
     assert (workdir / "results/figures/sim2real/source_vs_target.png.provenance.json").exists()
+    assert (workdir / "results/figures/sim2real/vs_study.png").stat().st_size > 5000
 
     put(
         "results/eval/sim2real_ceiling/sft/scores.json",

@@ -15,6 +15,7 @@ import pandas as pd
 from ..data.relations import text_prior
 from ..parsing import extract_answer, normalize_bool
 from . import families as fam
+from .figures import reference_comparison
 from .tables import STAGE_LABELS, model_label, write_table
 
 NAME = "bias"
@@ -127,4 +128,26 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
         series, fig, "unbiased test accuracy vs training-set bias", "train bias", chance=50.0, styles=styles
     )
     outputs.append(fig)
+    study_png = Path(fig_dir) / "vs_study.png"
+    ours, study = study_comparison(df)
+    reference_comparison(ours, study, study_png)
+    outputs.append(study_png)
     return fam.finish(outputs, config, table_cfg, inputs(config, table_cfg))
+
+
+def study_comparison(df: pd.DataFrame) -> tuple[dict, dict]:
+    """Our test accuracy per (stage, bias level) beside the study's; the study's three sets (unbiased, biased,
+    strongly biased) are matched to our levels in increasing order, and only when we have three levels."""
+    levels = sorted(df["train bias"].unique())
+    names = dict(zip(levels, STUDY_BIAS, strict=True)) if len(levels) == len(STUDY_BIAS) else {}
+    ours: dict[str, dict[str, float]] = {}
+    study: dict[str, dict[str, float]] = {}
+    for k, stage in enumerate(TRAINED):
+        label = STAGE_LABELS[stage]
+        sub = df[df["stage"] == label]
+        for level, acc in zip(sub["train bias"], sub["test accuracy"], strict=True):
+            setting = f"bias {level:g}" + (f" ({names[level]})" if level in names else "")
+            ours.setdefault(label, {})[setting] = float("nan") if acc is None else acc
+            if level in names:
+                study.setdefault(label, {})[setting] = STUDY_BIAS[names[level]][k]
+    return ours, study

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import families as fam
-from .figures import grouped_bars
+from .figures import grouped_bars, reference_comparison
 from .tables import model_label, write_table
 
 NAME = "sim2real"
@@ -111,5 +111,17 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
         "target test": dict(zip(df["setting"], df["target test accuracy"].fillna(0.0), strict=True)),
     }
     grouped_bars(groups, fig, "accuracy by test domain", "accuracy (%)")
-    outputs = [Path(out_md), Path(out_md).with_suffix(".csv"), fig]
+    study_png = Path(fig_dir) / "vs_study.png"
+    reported = df[df["study: target (reported)"].notna()]
+    panel = f"target test ({target})"
+    reference_comparison(
+        {
+            panel: dict(
+                zip(reported["setting"], reported["target test accuracy"].fillna(float("nan")), strict=True)
+            )
+        },
+        {panel: dict(zip(reported["setting"], reported["study: target (reported)"], strict=True))},
+        study_png,
+    )
+    outputs = [Path(out_md), Path(out_md).with_suffix(".csv"), fig, study_png]
     return fam.finish(outputs, config, table_cfg, inputs(config, table_cfg))
