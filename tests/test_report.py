@@ -152,8 +152,9 @@ def test_provenance_labels_read_the_sidecar(tmp_path):
 
 
 class FakeState:
-    def __init__(self, step: int, max_steps: int):
+    def __init__(self, step: int, max_steps: int, main: bool = True):
         self.global_step, self.max_steps = step, max_steps
+        self.is_world_process_zero = main
 
 
 def test_trainer_progress_prints_one_line_per_interval_with_eta():
@@ -175,6 +176,16 @@ def test_trainer_progress_prints_one_line_per_interval_with_eta():
     assert lines[1] == "[grpo] step 12/50 (24%) | reward 0.5 | kl 0.01 | elapsed 0m06s | ETA 1m54s"
     assert lines[-1].endswith("ETA 0m00s") and "step 50/50 (100%)" in lines[-1]
     assert format_seconds(3725) == "1h02m05s"
+
+    quiet, other_rank = io.StringIO(), FakeState(0, 50, main=False)  # rank > 0 of a multi-process run
+    cb = LogProgress("grpo", stream=quiet, clock=lambda: now[0])
+    cb.on_train_begin(None, other_rank, None)
+    for step in range(1, 51):
+        other_rank.global_step = step
+        cb.on_log(None, other_rank, None, logs={"reward": 0.5})
+        cb.on_step_end(None, other_rank, None)
+    cb.on_train_end(None, other_rank, None)
+    assert quiet.getvalue() == ""
 
 
 def test_progress_in_a_log_file_is_plain_lines():
