@@ -8,6 +8,7 @@ scripts/slurm/start_local_slurm.sh
 trap 'scripts/slurm/stop_local_slurm.sh || true' EXIT
 python3 -m ruff check .
 python3 -m ruff format --check .
-# Not in CI (each ~10 minutes on 2 cores): the checks on a full embedded-default run
-# (`python3 -m pytest -m embedded`) and the tiny end-to-end runs of the six family tables (`-m families`).
-python3 -m pytest -q -m "not embedded and not families" "$@"
+# Not in CI (the whole run must stay under 25 minutes): the checks on a full embedded-default run
+# (`python3 -m pytest -m embedded`, ~10 min), the tiny end-to-end runs of the six family tables (`-m families`,
+# ~10 min) and the 1- vs 2-process training comparisons (`-m multiprocess`, ~3 min).
+python3 -m pytest -q -m "not embedded and not families and not multiprocess" "$@"

@@ -245,6 +245,7 @@ def _history(out: Path, stage: str) -> list[dict]:
     return json.loads((out / stage / "train_history.json").read_text())
 
 
+@pytest.mark.multiprocess
 def test_sft_losses_match_one_process(runs):
     one, two = _history(runs[1], "sft"), _history(runs[2], "sft")
     assert [h["step"] for h in one] == [h["step"] for h in two] == [1, 2, 3]
@@ -256,6 +257,7 @@ def test_sft_losses_match_one_process(runs):
     assert one[0]["loss"] != one[-1]["loss"]
 
 
+@pytest.mark.multiprocess
 def test_grpo_scores_the_same_rows_per_step(runs):
     def rows_per_step(out: Path, ranks: int) -> dict:
         steps: dict = defaultdict(Counter)
@@ -275,6 +277,7 @@ def test_grpo_scores_the_same_rows_per_step(runs):
     assert per_rank == [2, 2]
 
 
+@pytest.mark.multiprocess
 def test_outputs_written_once_by_rank_zero_and_adapter_loads(runs):
     from peft import PeftModel
 
@@ -296,6 +299,7 @@ def test_outputs_written_once_by_rank_zero_and_adapter_loads(runs):
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
+@pytest.mark.multiprocess
 def test_sft_resumes_with_two_processes(inputs, runs):
     """A 2-process SFT killed after checkpoint-2 resumes from it with 2 processes (each rank's RNG state)
     and ends with the uninterrupted run's history."""
