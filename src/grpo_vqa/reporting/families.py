@@ -56,6 +56,15 @@ def experiments_of(config: dict, table_name: str, table_cfg: dict) -> list[str]:
     return exps
 
 
+def scores_responses_adapters(config: dict, exps: list[str]) -> list[str]:
+    """Every stage's scores and test responses of ``exps``, and their GRPO adapters (a table's inputs)."""
+    return (
+        [scores_path(e, s) for e in exps for s in stages_of(config, e)]
+        + [responses_path(e, s) for e in exps for s in stages_of(config, e)]
+        + [adapter_dir(e) for e in exps]
+    )
+
+
 def split_value(scores: dict, split: str, key: str = "accuracy") -> float | None:
     """``scores["splits"][split][key]``, or None when the split was not evaluated."""
     return scores["splits"].get(split, {}).get(key)

@@ -59,12 +59,7 @@ def tutorial_reward(records: list[dict]) -> float | None:
 
 
 def inputs(config: dict, table_cfg: dict) -> list[str]:
-    exps = fam.experiments_of(config, NAME, table_cfg)
-    return (
-        [fam.scores_path(e, s) for e in exps for s in fam.stages_of(config, e)]
-        + [fam.responses_path(e, s) for e in exps for s in fam.stages_of(config, e)]
-        + [fam.adapter_dir(e) for e in exps]
-    )
+    return fam.scores_responses_adapters(config, fam.experiments_of(config, NAME, table_cfg))
 
 
 def counting_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> pd.DataFrame:

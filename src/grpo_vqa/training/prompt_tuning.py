@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..models.soft_prompt import attach_mrope_positions
-from .common import make_complete_marker_callback, shared_trainer_kwargs, target_text
+from .common import make_complete_marker_callback, target_text
 from .progress import LogProgress
-from .sft import sft_rows
+from .sft import sft_args, sft_rows
 
 TARGETS = ("direct", "reason")
 #: Default text the virtual tokens start from (``init: text``): task-neutral words.
@@ -70,7 +70,7 @@ def run_prompt_tuning(
     logging_cfg: dict | None = None,
 ) -> dict:
     """Train one soft prompt on the frozen ``model_path`` and save the adapter plus processor to ``out_dir``."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from ..models.loading import load_model, load_processor
     from .common import train_resume_save
@@ -78,15 +78,7 @@ def run_prompt_tuning(
     ckpt_dir = Path(ckpt_dir)
     model = load_model(model_path, dtype=dtype)
     processor = load_processor(model_path, padding_side="right")
-    args = SFTConfig(
-        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
-        lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
-        warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
-        max_length=None,  # a length limit could cut image tokens
-        completion_only_loss=True,
-        logging_steps=max(1, int(cfg["max_steps"]) // 25),
-        save_steps=int(cfg.get("save_steps", 50)),
-    )
+    args = sft_args(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg)
     peft_config = prompt_tuning_config(cfg, model_path)
     trainer = SFTTrainer(
         model=model,

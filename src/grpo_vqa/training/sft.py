@@ -41,6 +41,21 @@ def sft_rows(ds, system_prompt: str | None, completion_field: str | None = None)
     return ds.map(to_row, remove_columns=[c for c in ds.column_names if c not in keep])
 
 
+def sft_args(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: dict | None):
+    """The ``SFTConfig`` of a supervised stage (SFT, warm start, soft-prompt tuning) from its flat section."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
+        lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
+        warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
+        max_length=None,  # a length limit could cut image tokens
+        completion_only_loss=True,
+        logging_steps=max(1, int(cfg["max_steps"]) // 25),
+        save_steps=int(cfg.get("save_steps", 50)),
+    )
+
+
 def run_sft(
     model_path: str,
     train_rows,
@@ -54,22 +69,14 @@ def run_sft(
     logging_cfg: dict | None = None,
 ) -> dict:
     """Train and save the final model (LoRA adapter or full weights) plus processor to ``out_dir``."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from ..models.loading import load_model, load_processor
 
     ckpt_dir = Path(ckpt_dir)
     model = load_model(model_path, dtype=dtype)
     processor = load_processor(model_path, padding_side="right")
-    args = SFTConfig(
-        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
-        lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
-        warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
-        max_length=None,  # a length limit could cut image tokens
-        completion_only_loss=True,
-        logging_steps=max(1, int(cfg["max_steps"]) // 25),
-        save_steps=int(cfg.get("save_steps", 50)),
-    )
+    args = sft_args(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg)
     trainer = SFTTrainer(
         model=model,
         args=args,
