@@ -55,11 +55,18 @@ def test_relation_items_are_consistent_with_their_scenes():
         assert (seen == it["relation"]) == (it["label"] == 1)
         assert it["solution"] == ("True" if it["label"] else "False")
         assert it["problem"] == f"Is the following statement true: {it['caption']}"
-        assert f"So the {it['subj']} is {seen} the {it['obj']}." in it["reasoning"]
-        order = sorted([subj, obj], key=lambda o: o.cx if it["relation"] in ("left of", "right of") else o.cy)
-        assert it["reasoning"].split(". So")[0].endswith(f"the {order[0].name}, the {order[1].name}")
-        assert seen in (it["relation"], OPPOSITE[it["relation"]])
-        assert it["reasoning"].endswith("They match." if it["label"] else "They differ.")
+        rel, holds = it["relation"], it["label"] == 1
+        assert f"So the {it['subj']} is {'' if holds else 'not '}{rel} the {it['obj']}." in it["reasoning"]
+        # listed in the order the claim implies: the subject comes first exactly when the claim holds
+        coord = (lambda o: o.cx) if rel in ("left of", "right of") else (lambda o: o.cy)
+        order = sorted([subj, obj], key=coord, reverse=rel in ("right of", "below"))
+        header = {"left of": "Left to right", "right of": "Right to left", "above": "Top to bottom"}.get(
+            rel, "Bottom to top"
+        )
+        assert it["reasoning"].split(". So")[0] == f"{header}: the {order[0].name}, the {order[1].name}"
+        assert (order[0] is subj) == holds
+        assert seen in (rel, OPPOSITE[rel])
+        assert it["reasoning"].endswith("The statement is true." if holds else "The statement is false.")
 
 
 def test_apart_layout_puts_the_pair_in_opposite_thirds_along_the_axis():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from .relations import DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
+from .relations import AXIS, DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
 from .scenes import PALETTES, PLURALS, SHAPES, Scene, SceneObject, render
 
 
@@ -61,8 +61,7 @@ def make_pretrain_items(
             if rel in PROXIMITY:
                 problem, text = "How far apart are the shapes?", proximity_text(rel)
             else:
-                axis = "left to right" if rel in ("left of", "right of") else "top to bottom"
-                problem, text = f"Name the shapes from {axis}.", listing(objects, rel)
+                problem, text = f"Name the shapes from {AXIS[rel][0].lower()}.", listing(objects, rel)
         else:
             counts = {s: rng.randint(0, max_count) for s in SHAPES}
             if sum(counts.values()) == 0:

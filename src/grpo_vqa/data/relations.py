@@ -3,15 +3,18 @@
 Each item shows two shapes and a caption claiming a relation between them (``The red circle is left of the
 blue square.``). The label says whether the claim holds in the image; a false caption names the opposite
 relation (left of / right of, above / below, next to / far from), so the objects' order along the claimed axis
-decides it. The SFT reasoning first reads that order from the image, then derives the seen relation, restates
-the claim and compares, so every step after the first is a lookup::
+decides it. The SFT reasoning reads the two objects from the image in the order the claim implies (left to
+right for "left of", right to left for "right of", top to bottom, bottom to top), so the claim holds exactly when
+its subject comes first; it then states the relation, negated or not, and the verdict::
 
-    <think>Left to right: the blue square, the red circle. So the red circle is right of the blue square.
-    The statement says left of. They differ.</think><answer>False</answer>
+    <think>Right to left: the blue square, the red circle. So the red circle is not right of the blue square.
+    The statement is false.</think><answer>False</answer>
 
 Why this shape: tiny models learn to name objects in their left-to-right (top-to-bottom) order within ~150
 steps, while finding a *named* object's position among two (text-to-image binding) stayed at chance for 350
-steps (README, "What it took").
+steps; and after a fixed-direction listing, comparing the seen relation word with the claimed one (an XOR of
+two binary facts) stayed at chance for 600-800 SFT steps, whereas "is the subject listed first?" is learned
+within a few hundred (README, "What it took").
 
 Text bias (for the bias experiment) is controlled by ``bias``: the probability that a caption whose relation
 is in :data:`BIAS_POSITIVE` is true (and that one in the other half is false). ``bias = 0.5`` is unbiased.
@@ -38,10 +41,10 @@ OPPOSITE = {
 }
 #: For a directional relation: the order the reasoning lists the objects in, and the coordinate it sorts by.
 AXIS = {
-    "left of": ("Left to right", "cx"),
-    "right of": ("Left to right", "cx"),
-    "above": ("Top to bottom", "cy"),
-    "below": ("Top to bottom", "cy"),
+    "left of": ("Left to right", "cx", False),
+    "right of": ("Right to left", "cx", True),
+    "above": ("Top to bottom", "cy", False),
+    "below": ("Bottom to top", "cy", True),
 }
 # Relation words whose captions are made mostly true in a biased set; the rest are made mostly false.
 BIAS_POSITIVE = ("left of", "above", "next to")
@@ -134,9 +137,10 @@ def problem_for(caption: str, subj: str, relation: str, obj: str, style: str) ->
 
 
 def listing(objects: list[SceneObject], relation: str) -> str:
-    """``Left to right: the blue square, the red circle.`` (the objects' order along ``relation``'s axis)."""
-    label, coord = AXIS[relation]
-    names = ", ".join(f"the {o.name}" for o in sorted(objects, key=lambda o: getattr(o, coord)))
+    """``Right to left: the blue square, the red circle.``: the objects in the order ``relation`` implies
+    (its subject comes first exactly when the relation holds)."""
+    label, coord, reverse = AXIS[relation]
+    names = ", ".join(f"the {o.name}" for o in sorted(objects, key=lambda o: getattr(o, coord), reverse=reverse))
     return f"{label}: {names}."
 
 
@@ -145,13 +149,12 @@ def proximity_text(seen: str) -> str:
 
 
 def reasoning_for(subj: SceneObject, obj: SceneObject, seen: str, claimed: str) -> str:
-    """What is seen (read from the image), what is claimed, and a comparison word."""
-    verdict = "They match." if seen == claimed else "They differ."
-    if claimed in AXIS:
-        seen_text = f"{listing([subj, obj], claimed)} So the {subj.name} is {seen} the {obj.name}."
-    else:
-        seen_text = f"{proximity_text(seen)} So the {subj.name} is {seen} the {obj.name}."
-    return f"{seen_text} The statement says {claimed}. {verdict}"
+    """What is seen (read from the image in the claim's order), the claimed relation negated or not, the
+    verdict."""
+    holds = seen == claimed
+    seen_text = listing([subj, obj], claimed) if claimed in AXIS else proximity_text(seen)
+    stated = f"So the {subj.name} is {'' if holds else 'not '}{claimed} the {obj.name}."
+    return f"{seen_text} {stated} The statement is {'true' if holds else 'false'}."
 
 
 def label_plan(relations: list[str], n: int, bias: float, rng: random.Random) -> list[tuple[str, int]]:
