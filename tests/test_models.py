@@ -324,3 +324,41 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
     assert [h["step"] for h in again["history"]] == [h["step"] for h in first["history"]] == [1, 2]
     a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_path):
+    """``lora.modules_to_save``: the LM head is trained in full beside LoRA and lands in the merged model."""
+    import datasets
+    from safetensors.torch import load_file
+
+    from grpo_vqa.training.merge import merge_adapter
+    from grpo_vqa.training.sft import run_sft
+
+    rows = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": build_messages(f"Is the cat left of the dog? {i}"),
+                "completion": [
+                    {"role": "assistant", "content": [{"type": "text", "text": "<answer>True</answer>"}]}
+                ],
+                "image": red_image(),
+            }
+            for i in range(4)
+        ]
+    )
+    path = str(built["qwen2_5_vl"])
+    lora = {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
+    cfg = {"max_steps": 2, "learning_rate": 1e-2, "batch_size": 2, "save_steps": 10}
+    for name, extra in (("plain", {}), ("mts", {"modules_to_save": ["lm_head"]})):
+        run_sft(path, rows, tmp_path / name, tmp_path / f"ck-{name}", cfg | {"lora": lora | extra}, seed=0)
+        merge_adapter(tmp_path / name, tmp_path / f"{name}-merged")
+    saved = load_file(tmp_path / "mts" / "adapter_model.safetensors")
+    assert any("lm_head" in k for k in saved)
+    assert not any("lm_head" in k for k in load_file(tmp_path / "plain" / "adapter_model.safetensors"))
+    base, plain, mts = (
+        load_file(d / "model.safetensors")
+        for d in (built["qwen2_5_vl"], tmp_path / "plain-merged", tmp_path / "mts-merged")
+    )
+    key = next(k for k in base if k.endswith("lm_head.weight"))
+    assert torch.equal(plain[key], base[key])  # LoRA alone leaves the head as it was
+    assert not torch.allclose(mts[key], base[key])  # trained in full and merged
