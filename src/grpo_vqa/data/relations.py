@@ -140,7 +140,9 @@ def listing(objects: list[SceneObject], relation: str) -> str:
     """``Right to left: the blue square, the red circle.``: the objects in the order ``relation`` implies
     (its subject comes first exactly when the relation holds)."""
     label, coord, reverse = AXIS[relation]
-    names = ", ".join(f"the {o.name}" for o in sorted(objects, key=lambda o: getattr(o, coord), reverse=reverse))
+    names = ", ".join(
+        f"the {o.name}" for o in sorted(objects, key=lambda o: getattr(o, coord), reverse=reverse)
+    )
     return f"{label}: {names}."
 
 
