@@ -291,25 +291,30 @@ def test_trl_sft_and_grpo_smoke(built, tmp_path):
     )
 
 
+def sft_rows_answering_true(n: int):
+    """``n`` prompt-completion rows (one red image each) whose completion is ``<answer>True</answer>``."""
+    import datasets
+
+    completion = [{"role": "assistant", "content": [{"type": "text", "text": "<answer>True</answer>"}]}]
+    return datasets.Dataset.from_list(
+        [
+            {
+                "prompt": build_messages(f"Is the cat left of the dog? {i}"),
+                "completion": completion,
+                "image": red_image(),
+            }
+            for i in range(n)
+        ]
+    )
+
+
 def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
     """A job killed after its last checkpoint but before writing its output must not train again on rerun."""
-    import datasets
     from safetensors.torch import load_file
 
     from grpo_vqa.training.sft import run_sft
 
-    rows = datasets.Dataset.from_list(
-        [
-            {
-                "prompt": build_messages(f"Is the cat left of the dog? {i}"),
-                "completion": [
-                    {"role": "assistant", "content": [{"type": "text", "text": "<answer>True</answer>"}]}
-                ],
-                "image": red_image(),
-            }
-            for i in range(7)  # the last checkpoint falls mid-epoch, as in a real run
-        ]
-    )
+    rows = sft_rows_answering_true(7)  # the last checkpoint falls mid-epoch, as in a real run
     cfg = {
         "max_steps": 2,
         "learning_rate": 1e-3,
@@ -328,24 +333,12 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
 
 def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_path):
     """``lora.modules_to_save``: the LM head is trained in full beside LoRA and lands in the merged model."""
-    import datasets
     from safetensors.torch import load_file
 
     from grpo_vqa.training.merge import merge_adapter
     from grpo_vqa.training.sft import run_sft
 
-    rows = datasets.Dataset.from_list(
-        [
-            {
-                "prompt": build_messages(f"Is the cat left of the dog? {i}"),
-                "completion": [
-                    {"role": "assistant", "content": [{"type": "text", "text": "<answer>True</answer>"}]}
-                ],
-                "image": red_image(),
-            }
-            for i in range(4)
-        ]
-    )
+    rows = sft_rows_answering_true(4)
     path = str(built["qwen2_5_vl"])
     lora = {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
     cfg = {"max_steps": 2, "learning_rate": 1e-2, "batch_size": 2, "save_steps": 10}
