@@ -39,7 +39,8 @@ OPPOSITE = {
     "next to": "far from",
     "far from": "next to",
 }
-#: For a directional relation: the order the reasoning lists the objects in, and the coordinate it sorts by.
+#: For a directional relation: the listing's header, the coordinate it sorts by, and whether it sorts descending
+#: (so that the relation's subject comes first exactly when the relation holds).
 AXIS = {
     "left of": ("Left to right", "cx", False),
     "right of": ("Right to left", "cx", True),

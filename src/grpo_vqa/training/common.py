@@ -126,7 +126,7 @@ def lora_config(cfg: dict, task_type: str = "CAUSAL_LM"):
         target_modules=rf"^(?!.*(visual|vision)).*\.({targets})$",
         task_type=task_type,
         # e.g. [embed_tokens, lm_head]: words a tiny warm-started model never produced get usable rows
-        modules_to_save=list(cfg.get("modules_to_save") or []) or None,
+        modules_to_save=cfg.get("modules_to_save") or None,
     )
 
 
