@@ -18,20 +18,25 @@ from grpo_vqa.config import (  # noqa: E402
     validate_config,
 )
 from grpo_vqa.launch import rule_command, slurm_resources  # noqa: E402
+from grpo_vqa.seeds import coerce_seeds, expand_seeds  # noqa: E402
 
 try:
     check_config_files(workflow.configfiles)
+    coerce_seeds(config)
     validate_config(config)
+    # seeds: every dataset/model/experiment gets a <name>_s<k> replicate per seed after the first
+    # (grpo_vqa.seeds); SEED_OF[section][name] is the seed each one runs with.
+    expanded, SEED_OF = expand_seeds(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 validate(config, schema="../schemas/config.schema.yaml")
+config.update(expanded)
 
 # The scripts import the package from the checkout, so every rule's env only needs third-party packages.
 SRC = REPO / "src"
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}:${{{{PYTHONPATH:-}}}}; ")
 PROMPT_DIR = str(REPO / "config" / "judge_prompts")
 
-SEED = int(config["seed"])
 THREADS = int(config.get("threads_per_job", 1))
 EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
@@ -70,7 +75,7 @@ def train_params(exp, stage):
     return as_json(
         {
             stage: stage_config(config, exp, stage),
-            "seed": SEED,
+            "seed": SEED_OF["experiments"][exp],
             "system_prompt": config.get("system_prompt"),
             "dtype": model_dtype(exp),
             "logging": config.get("logging"),
@@ -82,7 +87,11 @@ def eval_params(exp):
     """Evaluation settings: the global section with the experiment's own ``evaluation:`` overrides."""
     return as_json(
         deep_merge(config["evaluation"], config["experiments"][exp].get("evaluation"))
-        | {"seed": SEED, "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
+        | {
+            "seed": SEED_OF["experiments"][exp],
+            "system_prompt": config.get("system_prompt"),
+            "dtype": model_dtype(exp),
+        }
     )
 
 
@@ -171,7 +180,14 @@ def table_targets():
 
 
 def all_targets():
-    """Every table, the judge's alignment table and the report-only figures (so --report finds them)."""
+    """Every table, the judge's alignment table and the report-only figures (so --report finds them), and with
+    several seeds what the first-seed-only tables read for the other seeds (every experiment runs per seed)."""
+    from grpo_vqa.reporting.paper import seed_replicate_targets
     from grpo_vqa.reporting.report import report_targets
 
-    return table_targets() + ["results/tables/alignment.md"] + report_targets(config)
+    return (
+        table_targets()
+        + ["results/tables/alignment.md"]
+        + report_targets(config)
+        + seed_replicate_targets(config)
+    )

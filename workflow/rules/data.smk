@@ -5,7 +5,7 @@ rule make_dataset:
     params:
         script=f"{SCRIPTS}/make_dataset.py",
         cfg=lambda w: as_json(config["datasets"][w.dataset]),
-        seed=SEED,
+        seed=lambda w: SEED_OF["datasets"][w.dataset],
     log:
         "results/logs/make_dataset/{dataset}.log",
     benchmark:

@@ -5,7 +5,7 @@ rule build_model:
     params:
         script=f"{SCRIPTS}/build_model.py",
         cfg=lambda w: as_json(config["models"][w.model] | {"system_prompt": config.get("system_prompt")}),
-        seed=SEED,
+        seed=lambda w: SEED_OF["models"][w.model],
         model_dir="results/models/{model}/base_model",
         ckpt="results/checkpoints/models/{model}",
     log:

@@ -42,7 +42,7 @@ rule merge_lora:
         directory("results/runs/{exp}/{trained}/model"),
     params:
         script=f"{SCRIPTS}/merge_lora.py",
-        cfg=lambda w: as_json({"seed": SEED, "dtype": model_dtype(w.exp)}),
+        cfg=lambda w: as_json({"seed": SEED_OF["experiments"][w.exp], "dtype": model_dtype(w.exp)}),
     log:
         "results/logs/merge_lora/{exp}-{trained}.log",
     benchmark:

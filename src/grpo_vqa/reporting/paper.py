@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..io import read_json
 from ..provenance import write_sidecar
+from ..seeds import replicate_name, replicate_table_cfg, seed_list
 from . import (
     bias_table,
     figures,
@@ -18,7 +19,7 @@ from . import (
     shape_counting_table,
     sim2real_table,
 )
-from .tables import load_scores, vsr_main_frame, write_table
+from .tables import append_note, load_scores, vsr_main_frame, vsr_main_seeds_frame, write_table
 
 #: The study's reported VSR accuracies (%), by model architecture and (stage, split), drawn beside ours in
 #: ``results/figures/vsr_main/vs_study.png``. Source: ../shared/reference/study-facts.md, "The study's
@@ -40,16 +41,22 @@ def build_vsr_main(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> 
     exps = list(table_cfg["experiments"])
     score_paths = {(e, s): f"results/eval/{e}/{s}/scores.json" for e in exps for s in ("base", "sft", "grpo")}
     scores = load_scores(score_paths)
-    df = vsr_main_frame(config, exps, scores)
-    write_table(
-        df,
-        out_md,
-        "VSR-style spatial relations: accuracy (%) by model and training stage",
-        notes=[
-            "val/test: held-out splits; format: share of responses matching <think>…</think><answer>…</answer>.",
-            "blank image: the test split with every image replaced by grey — chance is 50 %.",
-        ],
-    )
+    notes = [
+        "val/test: held-out splits; format: share of responses matching <think>…</think><answer>…</answer>.",
+        "blank image: the test split with every image replaced by grey — chance is 50 %.",
+    ]
+    seeds = seed_list(config)
+    seed_paths = vsr_main_seed_scores(exps, seeds)
+    if len(seeds) == 1:
+        df = vsr_main_frame(config, exps, scores)
+    else:
+        df = vsr_main_seeds_frame(config, exps, seeds, load_scores(seed_paths))
+        notes.append(
+            f"seeds {', '.join(map(str, seeds))}: one independent replicate each (data, model, SFT, GRPO, "
+            f"evaluation; experiment <name>_s<seed> after the first); mean and 95 % t-interval (n - 1 = "
+            f"{len(seeds) - 1} degrees of freedom) over seeds; figures show the first seed ({seeds[0]})."
+        )
+    write_table(df, out_md, "VSR-style spatial relations: accuracy (%) by model and training stage", notes)
     hist_paths = {e: f"results/runs/{e}/grpo/adapter/train_history.json" for e in exps}
     outputs = [Path(out_md), Path(out_md).with_suffix(".csv")]
     rewards_png = Path(fig_dir) / "grpo_rewards.png"
@@ -85,18 +92,30 @@ def build_vsr_main(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> 
     figures.reference_comparison(ours, study, study_png)
     outputs += [rewards_png, rel_png, length_png, study_png]
     inputs = list(score_paths.values()) + list(hist_paths.values()) + list(resp_paths.values())
+    inputs += [p for p in seed_paths.values() if p not in inputs]
     for out in outputs:
         write_sidecar(out, {"table": table_cfg, "seed": config["seed"]}, inputs)
     return outputs
 
 
+def vsr_main_seed_scores(exps: list[str], seeds: list[int]) -> dict[tuple[str, int, str], str]:
+    """scores.json of every seed's replicate of ``exps``, by (experiment, seed, stage)."""
+    return {
+        (e, seed, s): f"results/eval/{replicate_name(e, seed, seeds)}/{s}/scores.json"
+        for e in exps
+        for seed in seeds
+        for s in ("base", "sft", "grpo")
+    }
+
+
 def vsr_main_inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = list(table_cfg["experiments"])
-    return (
+    first = (
         [f"results/eval/{e}/{s}/scores.json" for e in exps for s in ("base", "sft", "grpo")]
         + [f"results/runs/{e}/grpo/adapter" for e in exps]
         + [f"results/eval/{e}/{s}/generated_responses_test.json" for e in exps for s in ("sft", "grpo")]
     )
+    return first + [p for p in vsr_main_seed_scores(exps, seed_list(config)).values() if p not in first]
 
 
 @dataclass(frozen=True)
@@ -131,5 +150,30 @@ def table_inputs(name: str, config: dict) -> list[str]:
     return table_spec(name).inputs(config, config["tables"][name])
 
 
+#: Tables that read every seed's replicates; the others show the first seed (and say so under the table).
+PER_SEED_TABLES = ("vsr_main",)
+
+
 def build_table(name: str, config: dict, out_md: str, fig_dir: str) -> list[Path]:
-    return table_spec(name).build(config, config["tables"][name], out_md, fig_dir)
+    outputs = table_spec(name).build(config, config["tables"][name], out_md, fig_dir)
+    seeds = seed_list(config)
+    if len(seeds) > 1 and name not in PER_SEED_TABLES:
+        append_note(
+            out_md,
+            f"seeds: this table shows the first seed ({seeds[0]}) of {', '.join(map(str, seeds))}; the other "
+            f"seeds' runs are <experiment>_s<seed> (vsr_main reports every seed with its mean and 95 % interval).",
+        )
+    return outputs
+
+
+def seed_replicate_targets(config: dict) -> list[str]:
+    """What the tables that show only the first seed read, for every later seed's replicates: `all` requests
+    these so that every experiment of every table runs once per seed."""
+    seeds = seed_list(config)
+    out: list[str] = []
+    for name, table_cfg in config["tables"].items():
+        if name in PER_SEED_TABLES:
+            continue
+        for seed in seeds[1:]:
+            out += table_spec(name).inputs(config, replicate_table_cfg(table_cfg, seed, seeds))
+    return list(dict.fromkeys(out))

@@ -44,6 +44,64 @@ def vsr_main_frame(config: dict, experiments: list[str], scores: dict[tuple[str,
     return pd.DataFrame(rows)
 
 
+def seed_summary(values: list[float | None], confidence: float = 0.95) -> tuple[float | None, ...]:
+    """Mean and two-sided t-interval (``scipy.stats.t``, n - 1 degrees of freedom, standard error of the mean)
+    of per-seed values; seeds without a value are left out. ``(mean, low, high)``; the interval is None with
+    fewer than two values and collapses to the mean when every seed gives the same value."""
+    from scipy import stats
+
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None, None
+    sem = float(stats.sem(vals))
+    if sem == 0.0:
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, len(vals) - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def vsr_main_seeds_frame(
+    config: dict, experiments: list[str], seeds: list[int], scores: dict[tuple[str, int, str], dict]
+) -> pd.DataFrame:
+    """Rows: model × stage; columns: test accuracy of every seed, their mean and 95 % t-interval, and the
+    means over seeds of val accuracy, format compliance and blank-image accuracy.
+    ``scores[(exp, seed, stage)]`` is that replicate's scores.json."""
+    rows = []
+    for exp in experiments:
+        model_cfg = config["models"][config["experiments"][exp]["model"]]
+        for stage in ("base", "sft", "grpo"):
+            per_seed = [scores[(exp, seed, stage)] for seed in seeds]
+            row = {"experiment": exp, "model": model_label(model_cfg), "stage": STAGE_LABELS[stage]}
+            test = [score_at(s, "test") for s in per_seed]
+            row |= {f"test accuracy, seed {seed}": v for seed, v in zip(seeds, test, strict=True)}
+            mean, low, high = seed_summary(test)
+            row |= {
+                "test accuracy, mean": mean,
+                "test accuracy, 95 % CI low": low,
+                "test accuracy, 95 % CI high": high,
+            }
+            for col, split, key in (
+                ("val accuracy, mean", "val", "accuracy"),
+                ("test format, mean", "test", "format"),
+                ("test accuracy, blank image, mean", "test-blank", "accuracy"),
+            ):
+                row[col] = seed_summary([score_at(s, split, key) for s in per_seed])[0]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def append_note(md_path: str | Path, note: str) -> None:
+    """Add one ``- note`` line to the notes under a table written by :func:`write_table`."""
+    md_path = Path(md_path)
+    text = md_path.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[-1]
+    sep = "" if last.startswith("- ") else "\n"
+    atomic_write_text(md_path, f"{text}{sep}- {note}\n")
+
+
 def write_table(df: pd.DataFrame, md_path: str | Path, title: str, notes: list[str] | None = None) -> None:
     """Write ``<name>.md`` (title, table, notes) and ``<name>.csv`` beside it."""
     md_path = Path(md_path)
