@@ -15,8 +15,10 @@ from grpo_vqa.judge.stats import (
     agreement,
     alignment_table,
     label_template,
+    load_calibration,
     load_human_labels,
     load_judged,
+    no_response_warning,
     plot_confusion,
     render_markdown,
 )
@@ -26,7 +28,11 @@ from grpo_vqa.provenance import write_sidecar
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--judged", nargs="+", help="judge JSONL files")
-    ap.add_argument("--human-labels", default=None, help="CSV with id, human_aligns[, run, stage, split]")
+    ap.add_argument("--human-labels", default=None, help="CSV with response_sha256, human_aligns[, id, ...]")
+    ap.add_argument(
+        "--calibration", default=None, help="calibration set: JSONL of responses with human_aligns"
+    )
+    ap.add_argument("--calibration-judged", default=None, help="the judge's JSONL of the calibration set")
     ap.add_argument("--out-md")
     ap.add_argument("--out-csv")
     ap.add_argument("--out-fig")
@@ -54,16 +60,30 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(a.config_json)
     judged = load_judged(a.judged)
     table = alignment_table(judged, cfg.get("splits"), cfg.get("stages"))
+    if bool(a.calibration) != bool(a.calibration_judged):
+        ap.error("--calibration and --calibration-judged go together")
     agree = agreement(judged, load_human_labels(a.human_labels)) if a.human_labels else None
+    calib = None
+    if a.calibration:
+        calib = agreement(load_judged([a.calibration_judged]), load_calibration(a.calibration)[1])
+    for result, source in ((agree, a.human_labels), (calib, a.calibration)):
+        warning = no_response_warning(result, source) if result else None
+        if warning:
+            print(warning, file=sys.stderr)
     models = sorted({f"{m} ({p})" for m, p in zip(judged["model"], judged["prompt_version"], strict=True)})
     desc = ", ".join(models) or "none"
+    sources = {"calibration": a.calibration, "labels": a.human_labels}
     atomic_write_text(a.out_csv, table.to_csv(index=False))
-    atomic_write_text(a.out_md, render_markdown(table, agree, desc))
-    plot_confusion(agree, a.out_fig, f"judge vs human: {desc}")
+    atomic_write_text(a.out_md, render_markdown(table, agree, desc, calib, sources))
+    if calib is not None:  # the figure shows what means the same on every machine
+        plot_confusion(calib, a.out_fig, f"judge vs human, calibration set: {desc}")
+    else:
+        plot_confusion(agree, a.out_fig, f"judge vs human: {desc}")
     inputs = [*a.judged, *([a.human_labels] if a.human_labels else [])]
+    inputs += [a.calibration, a.calibration_judged] if a.calibration else []
     for out in (a.out_md, a.out_csv, a.out_fig):
         write_sidecar(out, {"judge": cfg}, inputs)
-    print(json.dumps({"rows": len(table), "agreement": agree}))
+    print(json.dumps({"rows": len(table), "agreement": agree, "calibration": calib}))
     return 0
 
 

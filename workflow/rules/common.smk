@@ -175,6 +175,20 @@ def judge_human_labels(wildcards):
     return [path]
 
 
+#: The shipped calibration set, judged on every run (judge.calibration absent); null turns it off.
+DEFAULT_CALIBRATION = "config/human_labels/calibration.jsonl"
+
+
+def judge_calibration_set(wildcards=None):
+    """The calibration set (JSONL of responses with human labels), found like the human-label CSV; [] if off."""
+    path = config["judge"].get("calibration", DEFAULT_CALIBRATION)
+    if not path:
+        return []
+    if not Path(path).is_absolute() and not Path(path).exists() and (REPO / path).exists():
+        return [str(REPO / path)]
+    return [path]
+
+
 def table_targets():
     return [f"results/tables/{name}.md" for name in config["tables"]]
 

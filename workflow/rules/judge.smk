@@ -36,6 +36,39 @@ rule judge_responses:
         " --config-json {params.cfg:q} > {log} 2>&1"
 
 
+rule judge_calibration:
+    """The judge on the shipped calibration set (fixed responses with human labels, which the judge never
+    sees): judge-vs-human agreement on it means the same on every machine and every run."""
+    input:
+        responses=judge_calibration_set,
+        prompt=lambda w: str(resolve_prompt_path(w.prompt, PROMPT_DIR)),
+    output:
+        "results/judge/calibration/{prompt}.jsonl",
+    params:
+        prompt_dir=PROMPT_DIR,
+        script=f"{SCRIPTS}/judge_responses.py",
+        cfg=lambda w: as_json(config["judge"] | {"max_items_per_split": None}),
+        cache="results/judge/.cache/calibration",
+    log:
+        "results/logs/judge/calibration.{prompt}.log",
+    benchmark:
+        "results/benchmarks/judge/calibration.{prompt}.tsv"
+    wildcard_constraints:
+        prompt=r"[a-z0-9_]+(\.v\d+)?",
+    conda:
+        "../../envs/judge.yaml"
+    threads: 1
+    resources:
+        runtime=lambda w: 20 if config["judge"]["backend"] == "rules" else 240,
+        mem_mb=2000,
+    shell:
+        "python {params.script}"
+        " --responses {input.responses} --output {output} --cache-dir {params.cache}"
+        " --prompt {wildcards.prompt} --prompt-dir {params.prompt_dir}"
+        " --run calibration --stage calibration --split calibration"
+        " --config-json {params.cfg:q} > {log} 2>&1"
+
+
 rule alignment_table:
     input:
         judged=expand(
@@ -46,6 +79,10 @@ rule alignment_table:
             prompt=config["judge"]["prompt"],
         ),
         labels=judge_human_labels,
+        calibration=judge_calibration_set,
+        calibration_judged=lambda w: (
+            [f"results/judge/calibration/{config['judge']['prompt']}.jsonl"] if judge_calibration_set() else []
+        ),
     output:
         md=report(
             "results/tables/alignment.md",
@@ -72,6 +109,11 @@ rule alignment_table:
         script=f"{SCRIPTS}/alignment_table.py",
         cfg=lambda w: as_json(config["judge"]),
         labels=lambda w, input: f"--human-labels {input.labels[0]}" if input.labels else "",
+        calibration=lambda w, input: (
+            f"--calibration {input.calibration[0]} --calibration-judged {input.calibration_judged[0]}"
+            if input.calibration
+            else ""
+        ),
     log:
         "results/logs/judge/alignment_table.log",
     benchmark:
@@ -84,5 +126,5 @@ rule alignment_table:
         mem_mb=2000,
     shell:
         "python {params.script}"
-        " --judged {input.judged} {params.labels} --out-md {output.md} --out-csv {output.csv}"
+        " --judged {input.judged} {params.labels} {params.calibration} --out-md {output.md} --out-csv {output.csv}"
         " --out-fig {output.fig} --config-json {params.cfg:q} > {log} 2>&1"

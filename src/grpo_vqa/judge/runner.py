@@ -77,6 +77,19 @@ def response_sha256(item: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def read_responses(path: str | Path) -> list[dict]:
+    """``generated_responses_<split>.json`` (a JSON list), or JSONL with one response per line (the
+    calibration set). Fields named ``human_*`` are human labels and are dropped: the judge never sees them."""
+    if str(path).endswith(".jsonl"):
+        with open(path, encoding="utf-8") as fh:
+            items = [json.loads(line) for line in fh if line.strip()]
+    else:
+        items = read_json(path)
+    if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+        raise ValueError(f"{path}: expected a JSON list (or JSONL) of response records")
+    return [{k: v for k, v in it.items() if not k.startswith("human_")} for it in items]
+
+
 def cache_key(prompt: Prompt, model: str, item: dict) -> str:
     """Cache key: prompt version + prompt content hash + judge model + response hash."""
     parts = [prompt.version, prompt.sha256, model, response_sha256(item)]
@@ -197,9 +210,7 @@ def judge_file(
     prompt = load_prompt(prompt_name or cfg["prompt"], prompt_dir)
     backend = backend or make_backend(cfg)
     redact = getattr(backend, "redact", None) or Redactor([os.environ.get("OPENAI_API_KEY")])
-    items = read_json(responses_path)
-    if not isinstance(items, list):
-        raise ValueError(f"{responses_path}: expected a JSON list of responses")
+    items = read_responses(responses_path)
     limit = cfg.get("max_items_per_split")
     if limit is not None:
         items = items[: int(limit)]

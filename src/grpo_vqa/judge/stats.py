@@ -90,20 +90,70 @@ def _to_bool(v) -> bool:
     raise ValueError(f"human_aligns value {v!r} is not a boolean")
 
 
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
 def load_human_labels(path: str | Path) -> pd.DataFrame:
-    """Human-label CSV: required ``id``, ``human_aligns``; optional ``run``, ``stage``, ``split`` (join keys)."""
+    """Human-label CSV: required ``response_sha256`` (the hash of the response text the label was given for,
+    :func:`grpo_vqa.judge.runner.response_sha256`) and ``human_aligns``; ``id``, ``run``, ``stage``, ``split``
+    and any other columns are kept for reading only. One response (hash) with two different labels is an error.
+    """
     df = pd.read_csv(path, dtype=str, comment="#").fillna("")
-    missing = {"id", "human_aligns"} - set(df.columns)
+    missing = {"response_sha256", "human_aligns"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        raise ValueError(
+            f"{path}: missing columns {sorted(missing)} (labels are keyed to the hash of the response text they "
+            "were given for; `scripts/alignment_table.py --label-template` writes it)"
+        )
     df = df[df["human_aligns"].str.strip() != ""].copy()  # unlabelled template rows are skipped
     df["human_aligns"] = df["human_aligns"].map(_to_bool)
+    df["response_sha256"] = df["response_sha256"].str.strip().str.lower()
+    bad = df[~df["response_sha256"].str.match(_SHA256)]
+    if len(bad):
+        raise ValueError(
+            f"{path}: response_sha256 {bad['response_sha256'].iloc[0]!r} is not a SHA-256 hex digest"
+        )
+    labels_per_hash = df.groupby("response_sha256")["human_aligns"].nunique()
+    if (labels_per_hash > 1).any():
+        raise ValueError(
+            f"{path}: response {labels_per_hash[labels_per_hash > 1].index[0]} has both labels (one text, one label)"
+        )
     return df
 
 
+def load_calibration(path: str | Path) -> tuple[list[dict], pd.DataFrame]:
+    """The calibration set: JSONL of responses (as in ``generated_responses_<split>.json``) with ``human_*``
+    fields. Returns the responses without the human fields (what the judge sees) and their labels as
+    :func:`load_human_labels` gives them."""
+    from grpo_vqa.judge.runner import response_sha256
+
+    items, rows = [], []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if "human_aligns" not in rec or "id" not in rec:
+                raise ValueError(f"{path}:{n}: a calibration record needs id and human_aligns")
+            item = {k: v for k, v in rec.items() if not k.startswith("human_")}
+            items.append(item)
+            rows.append(
+                {
+                    "id": str(rec["id"]),
+                    "response_sha256": response_sha256(item),
+                    "human_aligns": _to_bool(rec["human_aligns"]),
+                }
+            )
+    if not items:
+        raise ValueError(f"{path}: no calibration records")
+    return items, pd.DataFrame(rows)
+
+
 def label_template(items: list[dict], n: int, seed: int, run: str, stage: str, split: str) -> pd.DataFrame:
-    """A seeded random sample of responses to label by hand (no judge verdict shown, to keep labels blind)."""
+    """A seeded random sample of responses to label by hand (no judge verdict shown, to keep labels blind);
+    ``response_sha256`` ties each label to the exact response text it is given for."""
     from grpo_vqa.judge.prompts import reasoning_text
+    from grpo_vqa.judge.runner import response_sha256
 
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(items), size=min(n, len(items)), replace=False).tolist())
@@ -117,6 +167,7 @@ def label_template(items: list[dict], n: int, seed: int, run: str, stage: str, s
             "question": items[i].get("question"),
             "reasoning": reasoning_text(items[i]),
             "parsed_answer": items[i].get("parsed_answer"),
+            "response_sha256": response_sha256(items[i]),
             "human_aligns": "",
             "note": "",
         }
@@ -141,20 +192,19 @@ def cohen_kappa(a, b) -> float:
 
 
 def agreement(judged: pd.DataFrame, human: pd.DataFrame) -> dict:
-    """Join human labels to judge verdicts and return kappa, raw agreement and the 2x2 confusion matrix.
+    """Join human labels to judge verdicts on the hash of the response text and return kappa, raw agreement
+    and the 2x2 confusion matrix.
 
-    Rows of the confusion matrix are the human label (aligned, misaligned), columns the judge's. Labelled
-    items the judge called ``unparseable`` or that never got judged are counted, not silently dropped.
+    A label joins the judged response whose text (``response_sha256``) it was given for, whatever its id;
+    identical texts share one verdict. Rows of the confusion matrix are the human label (aligned, misaligned),
+    columns the judge's. Labels whose response the judge called ``unparseable``, could not judge (``failed``)
+    or that match no judged response at all (``n_no_response``: a label for a text this run did not produce)
+    are counted, never compared.
     """
-    keys = ["id", *[k for k in ("run", "stage", "split") if k in human.columns]]
-    j = judged.copy()
-    for k in keys:
-        j[k] = j[k].astype(str)
-    try:
-        merged = human.merge(j[[*keys, "status", "aligns"]], on=keys, how="left", validate="one_to_one")
-    except pd.errors.MergeError as exc:
-        msg = f"human labels do not identify one judged response each (add run/stage/split): {exc}"
-        raise ValueError(msg) from None
+    if "response_sha256" not in judged:
+        raise ValueError("judged records carry no response_sha256 (judge them again)")
+    j = judged.drop_duplicates("response_sha256")[["response_sha256", "status", "aligns"]]
+    merged = human.merge(j, on="response_sha256", how="left", validate="many_to_one")
     usable = merged[merged["status"] == "ok"]
     h = usable["human_aligns"].astype(bool).to_numpy()
     p = usable["aligns"].astype(bool).to_numpy()
@@ -163,11 +213,22 @@ def agreement(judged: pd.DataFrame, human: pd.DataFrame) -> dict:
         "n_labelled": len(human),
         "n_compared": len(usable),
         "n_unparseable": int((merged["status"] == "unparseable").sum()),
-        "n_unmatched": int(merged["status"].isna().sum() + (merged["status"] == "failed").sum()),
+        "n_failed": int((merged["status"] == "failed").sum()),
+        "n_no_response": int(merged["status"].isna().sum()),
         "raw_agreement": float(np.mean(h == p)) if len(usable) else float("nan"),
         "kappa": cohen_kappa(h, p),
         "confusion": cm.tolist(),
     }
+
+
+def no_response_warning(agree: dict, source: str) -> str | None:
+    """The one-line warning for labels that match no judged response (None when every label matched)."""
+    if not agree["n_no_response"]:
+        return None
+    return (
+        f"warning: {agree['n_no_response']} of {agree['n_labelled']} human labels in {source} match no judged "
+        "response (labels are keyed to the response text; this run produced other texts): not compared"
+    )
 
 
 def plot_confusion(agree: dict | None, path: str | Path, title: str) -> None:
@@ -207,8 +268,32 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render_markdown(table: pd.DataFrame, agree: dict | None, judge_desc: str) -> str:
-    """The ``alignment.md`` report: main table, study reference columns and judge-vs-human agreement."""
+def _agreement_lines(agree: dict) -> list[str]:
+    cm = agree["confusion"]
+    return [
+        f"- labelled: {agree['n_labelled']}, compared: {agree['n_compared']}, judge unparseable: "
+        f"{agree['n_unparseable']}, judge failed: {agree['n_failed']}, labels matching no judged response: "
+        f"{agree['n_no_response']}",
+        f"- raw agreement: {_fmt(agree['raw_agreement'])}, Cohen's kappa: {_fmt(agree['kappa'])}",
+        "",
+        "| human \\ judge | aligned | misaligned |",
+        "|---|---|---|",
+        f"| aligned | {cm[0][0]} | {cm[0][1]} |",
+        f"| misaligned | {cm[1][0]} | {cm[1][1]} |",
+    ]
+
+
+def render_markdown(
+    table: pd.DataFrame,
+    agree: dict | None,
+    judge_desc: str,
+    calibration: dict | None = None,
+    sources: dict[str, str] | None = None,
+) -> str:
+    """The ``alignment.md`` report: main table, study reference columns and judge-vs-human agreement, on the
+    fixed calibration set (``calibration``) and on this run's labelled responses (``agree``); ``sources`` names
+    the files (keys ``calibration``, ``labels``)."""
+    sources = sources or {}
     cols = ["run", "split", "stage", "n_judged", "accuracy_pct", "aligned_pct", "misaligned_pct"]
     cols += [f"{t}_pct" for t in TYPE_COLUMNS] + ["unparseable_pct", "n_failed"]
     cols += ["study_accuracy_pct", "study_misaligned_pct"]
@@ -224,18 +309,19 @@ def render_markdown(table: pd.DataFrame, agree: dict | None, judge_desc: str) ->
     for _, r in table.iterrows():
         lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
     lines += ["", "## Judge vs human labels", ""]
-    if agree is None:
-        lines.append("No human-label file configured (`judge.human_labels: null`).")
-    else:
-        cm = agree["confusion"]
+    if calibration is not None:
         lines += [
-            f"- labelled: {agree['n_labelled']}, compared: {agree['n_compared']}, judge unparseable: "
-            f"{agree['n_unparseable']}, unmatched/failed: {agree['n_unmatched']}",
-            f"- raw agreement: {_fmt(agree['raw_agreement'])}, Cohen's kappa: {_fmt(agree['kappa'])}",
+            f"### Calibration set ({sources.get('calibration', 'calibration set')}; the same responses on every run)",
             "",
-            "| human \\ judge | aligned | misaligned |",
-            "|---|---|---|",
-            f"| aligned | {cm[0][0]} | {cm[0][1]} |",
-            f"| misaligned | {cm[1][0]} | {cm[1][1]} |",
+            *_agreement_lines(calibration),
+            "",
+        ]
+    if agree is None:
+        lines.append("No human labels of this run's responses configured (`judge.human_labels: null`).")
+    else:
+        lines += [
+            f"### This run's responses ({sources.get('labels', 'human labels')}; joined on the response text hash)",
+            "",
+            *_agreement_lines(agree),
         ]
     return "\n".join(lines) + "\n"
