@@ -25,13 +25,28 @@ def _save(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def grpo_curves(histories: dict[str, list[dict]], path: str | Path) -> None:
-    """Per-step mean reward, each reward component, and KL (when logged) for every GRPO run."""
+def no_data(ax, why: str) -> None:
+    """Mark an empty panel: no axes, ticks or grid, only why it is empty (a blank panel says nothing)."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="#424242")
+
+
+def grpo_betas(config: dict, experiments) -> dict[str, float]:
+    """The GRPO KL coefficient (``grpo.beta``, experiment overrides included) of each experiment."""
+    from ..config import stage_config
+
+    return {e: float(stage_config(config, e, "grpo").get("beta") or 0.0) for e in experiments}
+
+
+def grpo_curves_figure(histories: dict[str, list[dict]], betas: dict[str, float] | None = None):
+    """The figure of :func:`grpo_curves` (returned, not saved). A panel with nothing logged says why instead of
+    showing empty axes: no KL is logged when ``beta`` is 0 (``betas`` by run; TRL then has no KL term)."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         for name, hist in histories.items():
             steps = [h.get("step", i + 1) for i, h in enumerate(hist)]
-            axes[0].plot(steps, [h.get("reward") for h in hist], label=name)
+            if any("reward" in h for h in hist):
+                axes[0].plot(steps, [h.get("reward") for h in hist], label=name)
             for key in sorted(
                 {k for h in hist for k in h if k.startswith("rewards/") and k.endswith("/mean")}
             ):
@@ -42,10 +57,27 @@ def grpo_curves(histories: dict[str, list[dict]], path: str | Path) -> None:
         axes[0].set(title="mean reward per step", xlabel="GRPO step", ylabel="reward")
         axes[1].set(title="reward components", xlabel="GRPO step", ylabel="mean")
         axes[2].set(title="KL to reference", xlabel="GRPO step", ylabel="KL")
-        for ax in axes:
+        if betas and histories and all(not betas.get(name) for name in histories):
+            kl_why = "beta = 0: no KL term"
+        else:
+            kl_why = "no KL logged"
+        for ax, why in zip(
+            axes, ("no GRPO steps logged", "no reward components logged", kl_why), strict=True
+        ):
             if ax.lines:
                 ax.legend(fontsize=7)
-        _save(fig, path)
+            else:
+                no_data(ax, why)
+    return fig
+
+
+def grpo_curves(
+    histories: dict[str, list[dict]], path: str | Path, betas: dict[str, float] | None = None
+) -> None:
+    """Per-step mean reward, each reward component, and KL (when logged) for every GRPO run; an empty panel
+    says why (e.g. "beta = 0: no KL term")."""
+    with plt.rc_context(STYLE):
+        _save(grpo_curves_figure(histories, betas), path)
 
 
 def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, title: str, ylabel: str) -> None:

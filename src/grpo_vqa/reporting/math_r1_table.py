@@ -15,7 +15,7 @@ import pandas as pd
 from ..io import read_json
 from ..parsing import extract_answer
 from . import families as fam
-from .figures import grouped_bars, grpo_curves
+from .figures import grouped_bars, grpo_betas, grpo_curves
 from .tables import model_label, write_table
 
 NAME = "math_r1"
@@ -79,7 +79,7 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
     )
     fig_dir = Path(fig_dir)
     rewards_png = fig_dir / "grpo_rewards.png"
-    grpo_curves({e: read_json(fam.history_path(e)) for e in exps}, rewards_png)
+    grpo_curves({e: read_json(fam.history_path(e)) for e in exps}, rewards_png, grpo_betas(config, exps))
     acc_png = fig_dir / "accuracy_by_stage.png"
     groups = {
         e: {

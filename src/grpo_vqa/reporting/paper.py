@@ -60,7 +60,9 @@ def build_vsr_main(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> 
     hist_paths = {e: f"results/runs/{e}/grpo/adapter/train_history.json" for e in exps}
     outputs = [Path(out_md), Path(out_md).with_suffix(".csv")]
     rewards_png = Path(fig_dir) / "grpo_rewards.png"
-    figures.grpo_curves({e: read_json(p) for e, p in hist_paths.items()}, rewards_png)
+    figures.grpo_curves(
+        {e: read_json(p) for e, p in hist_paths.items()}, rewards_png, figures.grpo_betas(config, exps)
+    )
     rel_png = Path(fig_dir) / "accuracy_by_relation.png"
     groups = {
         f"{e} {s}": {

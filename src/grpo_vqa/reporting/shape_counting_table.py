@@ -17,7 +17,7 @@ from ..io import read_json
 from ..parsing import reasoning_length
 from ..rewards import shape_count_reward
 from . import families as fam
-from .figures import grpo_curves, reasoning_length_accuracy, reasoning_length_bins
+from .figures import grpo_betas, grpo_curves, reasoning_length_accuracy, reasoning_length_bins
 from .tables import model_label, write_table
 
 NAME = "shape_counting"
@@ -130,7 +130,7 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
         length_png,
     )
     rewards_png = fig_dir / "grpo_rewards.png"
-    grpo_curves({e: read_json(fam.history_path(e)) for e in exps}, rewards_png)
+    grpo_curves({e: read_json(fam.history_path(e)) for e in exps}, rewards_png, grpo_betas(config, exps))
     outputs = [Path(out_md), Path(out_md).with_suffix(".csv"), by_count_png, length_png, rewards_png]
     used = inputs(config, table_cfg) + [fam.history_path(e) for e in exps]
     return fam.finish(outputs, config, table_cfg, used)
