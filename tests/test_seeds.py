@@ -161,6 +161,21 @@ def test_three_seeds_plan_every_experiment_per_seed(tmp_path):
     assert judged and all(re.match(r"results/judge/vsr_qwen/", j) for j in judged)
 
 
+def test_every_family_experiment_runs_per_seed_while_its_table_reads_the_first(tmp_path):
+    families = str(REPO / "config/full-embedded.yaml")
+    one = job_counts(plan(tmp_path, "--cores", "2", "all", "--configfile", families, smoke=False))
+    out = plan(
+        tmp_path, "--cores", "2", "all", "--configfile", families, "--config", "seeds=[1234,7]", smoke=False
+    )
+    two = job_counts(out)
+    for rule in ("make_dataset", "build_model", "sft", "merge_lora", "grpo", "prompt_tune", "evaluate"):
+        assert two[rule] == 2 * one[rule], rule
+    assert two["table"] == one["table"] == 7
+    bias = re.search(r"rule table:\n    input: ([^\n]+)\n(?:    .*\n)*?    wildcards: table=bias\n", out)
+    assert bias and "bias_050/" in bias.group(1) and "_s7/" not in bias.group(1)
+    assert "results/eval/bias_050_s7/grpo/scores.json" in out
+
+
 def test_the_readme_commands_for_three_seeds_plan(tmp_path):
     readme = (REPO / "README.md").read_text()
     commands = re.findall(r"^(snakemake .*seeds.*?)(?:\s+#.*)?$", readme, re.M)
