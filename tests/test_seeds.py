@@ -157,7 +157,7 @@ def test_three_seeds_plan_every_experiment_per_seed(tmp_path):
         )
     table = re.search(r"rule table:\n    input: ([^\n]+)", out).group(1)
     assert "results/eval/vsr_qwen_s42/base/scores.json" in table
-    judged = re.findall(r"output: (results/judge/\S+)", out)
+    judged = [j for j in re.findall(r"output: (results/judge/\S+)", out) if "/calibration/" not in j]
     assert judged and all(re.match(r"results/judge/vsr_qwen/", j) for j in judged)
 
 
