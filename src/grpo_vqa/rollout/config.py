@@ -5,6 +5,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 ENGINES = ("hf", "fast")
+# ``grpo.rollout_engine`` values: an engine, or ``auto`` (see :func:`choose_engine`)
+ENGINE_CHOICES = (*ENGINES, "auto")
+# model types (``config.model_type``) the fast engine decodes
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+
+
+def choose_engine(
+    requested: str, model_type: str | None, cuda: bool, deepspeed_stage: int | None = None
+) -> tuple[str, str]:
+    """The rollout engine for ``grpo.rollout_engine`` and why: ``(engine, reason)``.
+
+    ``hf`` and ``fast`` are taken as given. ``auto`` takes ``fast`` where a CUDA device and a model type the
+    engine supports are present (and no DeepSpeed, whose sharded parameters it cannot read), else ``hf``.
+    """
+    if requested not in ENGINE_CHOICES:
+        raise ValueError(f"rollout_engine must be one of {ENGINE_CHOICES}, got {requested!r}")
+    if requested != "auto":
+        return requested, f"rollout_engine: {requested}"
+    if not cuda:
+        return "hf", "auto: no CUDA device (the fast engine needs one)"
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return (
+            "hf",
+            f"auto: model type {model_type!r} is not one the fast engine supports {SUPPORTED_MODEL_TYPES}",
+        )
+    if deepspeed_stage:
+        return "hf", f"auto: DeepSpeed ZeRO-{deepspeed_stage} (the fast engine reads whole parameters)"
+    return "fast", f"auto: CUDA device and model type {model_type!r}"
 
 
 @dataclass

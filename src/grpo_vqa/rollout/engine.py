@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grpo_vqa.rollout.config import RolloutConfig
+from grpo_vqa.rollout.config import SUPPORTED_MODEL_TYPES, RolloutConfig
 from grpo_vqa.rollout.vision import install_batched_vision_attention
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+__all__ = ["SUPPORTED_MODEL_TYPES", "RolloutEngine", "RolloutOutput", "SamplingParams", "select_tokens"]
 
 
 @dataclass(frozen=True)
