@@ -888,6 +888,27 @@ STUDY_PLAN = [
 ]
 
 
+def save_model(args) -> dict:
+    """Save a Qwen2.5-VL-3B-dims model (random bf16 weights, no LoRA) with the bench's processor to ``--out``: the
+    pretrained model of bench/pipeline_grpo_3b.yaml's pipeline run."""
+    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
+    proc = make_processor(corpus)
+    tok = proc.tokenizer
+    token_ids = {
+        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
+        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
+        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    model = build_3b(lora=False, token_ids=token_ids, device="cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return {"path": str(out), "params": sum(p.numel() for p in model.parameters())}
+
+
 def run_all(args) -> dict:
     # (setting, rollouts/step, timed steps, rough process seconds on an H100, to fit the time budget)
     plan = (
@@ -993,7 +1014,7 @@ def ratios(runs: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all"])
+    ap.add_argument("mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model"])
     ap.add_argument("--plan", choices=["default", "study"], default="default", help="for 'all'")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="trl", help="GRPO settings (RECIPES)")
     ap.add_argument("--lora", choices=sorted(LORA_TARGETS), default="qv", help="LoRA targets (LORA_TARGETS)")
@@ -1015,6 +1036,9 @@ def main():
         res = micro(args)
     elif args.mode == "prefill":
         res = prefill_study(args)
+    elif args.mode == "save-model":
+        print(json.dumps(save_model(args)))
+        return
     elif args.mode == "decode":
         res = decode_study(args)
     elif args.mode == "tf":
