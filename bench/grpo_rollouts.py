@@ -65,8 +65,15 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 20 / (time.perf_counter() - t)
 
 
-def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device="cuda"):
-    """Qwen2.5-VL-3B-dims model with random weights on the GPU (+ LoRA r16/alpha32 on q,v)."""
+#: LoRA targets: the study's (q, v of the language model) or every linear layer of the language model
+LORA_TARGETS = {
+    "qv": ["q_proj", "v_proj"],
+    "all": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+}
+
+
+def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device="cuda", lora_targets="qv"):
+    """Qwen2.5-VL-3B-dims model with random weights on the GPU (+ LoRA r16/alpha32 on ``LORA_TARGETS``)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = qwen2_5_vl_config(dims or QWEN2_5_VL_3B)
@@ -81,7 +88,7 @@ def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device=
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
+        cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS[lora_targets])
         model = get_peft_model(model, cfg)
         with torch.no_grad():  # a trained-looking adapter (PEFT starts B at zero)
             for name, p in model.named_parameters():
@@ -169,6 +176,79 @@ def prefill_study(args) -> dict:
     res["vision_rel_l2_vs_fp32"] = err
     res["speedup"] = res["before"]["prefill_32_distinct_s"] / res["after"]["prefill_32_distinct_s"]
     print(json.dumps(res), flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------- decode
+
+
+def decode_study(args) -> dict:
+    """Decode ms/step at batch 4 and 64 (256 new tokens), LoRA merged or not, against the weight+KV floor; a
+    kernel profile of the merged step at batch 4."""
+    from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams
+    from grpo_vqa.rollout.engine import unwrap_hf_model
+    from grpo_vqa.rollout.synthetic import special_ids
+
+    res = {"device": device_name(), "torch": torch.__version__, "lora": args.lora}
+    bw = copy_bandwidth()
+    res["copy_bandwidth_TBps"] = bw / 1e12
+    model = build_3b(lora_targets=args.lora)
+    hf = unwrap_hf_model(model)
+    ids = special_ids(hf.config.text_config.vocab_size)
+    wbytes = decoder_bytes(model)
+    res["decoder_weight_bytes"] = wbytes
+    kv_per_token = None
+    sp = SamplingParams(do_sample=True)
+    for merge in (False, True):
+        engine = RolloutEngine(
+            model,
+            RolloutConfig(engine="fast", merge_lora=merge),
+            eos_token_ids=[ids["eos"]],
+            pad_token_id=ids["pad"],
+            suppress_token_ids=[ids["image"]],
+        )
+        kv_per_token = 2 * hf.config.text_config.num_hidden_layers * engine.n_kv * engine.head_dim * 2
+        for batch in (4, 64):
+            g = torch.Generator().manual_seed(batch)
+            lens = [
+                (int(a), int(b))
+                for a, b in zip(
+                    torch.randint(15, 25, (batch,), generator=g),
+                    torch.randint(8, 16, (batch,), generator=g),
+                    strict=True,
+                )
+            ]
+            inp = {k: v.cuda() for k, v in image_prompts(hf.config, lens, (480, 640), generator=g).items()}
+            engine.generate(**inp, max_new_tokens=256, sampling=sp)  # compile + capture
+            runs = []
+            for _ in range(2):
+                engine.generate(**inp, max_new_tokens=256, sampling=sp)
+                runs.append(dict(engine.last_timings))
+            best = min(runs, key=lambda r: r["decode_s"])
+            ms = 1e3 * best["decode_s"] / best["decode_steps"]
+            plen = inp["input_ids"].shape[1]
+            floor = (wbytes + batch * (plen + 128) * kv_per_token) / bw * 1e3
+            key = f"{'merged' if merge else 'unmerged'}_b{batch}"
+            res[key] = {
+                "ms_per_step": ms,
+                "floor_ms": floor,
+                "ratio_to_floor": ms / floor,
+                "prompt_len": plen,
+                "weights_s": best.get("weights_s"),
+                "prefill_s": best["prefill_s"],
+            }
+            print(key, json.dumps(res[key]), flush=True)
+            if merge and batch == 4 and args.out:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    engine.generate(**inp, max_new_tokens=32, sampling=sp)
+                table = prof.key_averages().table(
+                    sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
+                )
+                Path(args.out).with_name("decode_profile_b4.txt").write_text(table)
+        del engine
+        torch.cuda.empty_cache()
     return res
 
 
@@ -547,6 +627,13 @@ def make_processor(corpus):
     return make_qwen_processor(Qwen2VLImageProcessorPil(), tok, QWEN2_5_VL_CHAT_TEMPLATE)
 
 
+#: GRPO settings besides batch shape: TRL 1.16's defaults (beta 0, loss dapo), or config/paper.yaml's ``grpo:``
+#: (beta 0.04, loss grpo; LoRA r16/alpha32/dropout 0.05 from ``build_3b``, targets from ``--lora``)
+RECIPES = {
+    "trl": {},
+    "paper": {"beta": 0.04, "loss_type": "grpo", "temperature": 1.0, "top_p": 1.0, "top_k": 0},
+}
+
 SETTINGS = {
     # TRL's defaults: gradient checkpointing, the whole generation batch as one micro-batch
     "trl_default": {"engine": "hf", "checkpointing": True, "micro": None},
@@ -567,6 +654,8 @@ def grpo(args) -> dict:
     setting = SETTINGS[args.setting]
     rollouts, gens = args.rollouts, 4
     micro = setting["micro"] or rollouts
+    if args.micro and setting["engine"] == "fast":
+        micro = args.micro
     micro = min(micro, rollouts)
     accum = rollouts // micro
     corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
@@ -585,9 +674,9 @@ def grpo(args) -> dict:
         from grpo_vqa.rollout.synthetic import QWEN2_5_VL_TINY
 
         dims = {**QWEN2_5_VL_TINY, "vocab_size": 1024}
-        model = build_3b(torch.float32, token_ids=token_ids, dims=dims, device="cpu")
+        model = build_3b(torch.float32, token_ids=token_ids, dims=dims, device="cpu", lora_targets=args.lora)
     else:
-        model = build_3b(token_ids=token_ids)
+        model = build_3b(token_ids=token_ids, lora_targets=args.lora)
     hw = (84, 112) if tiny else (480, 640)
     n_prompts = (rollouts // gens) * (args.warmup + args.steps + 1)
     rng = np.random.default_rng(0)
@@ -604,19 +693,36 @@ def grpo(args) -> dict:
     def reward(completions, **kw):
         return [float("<answer>" in c[0]["content"]) + 0.01 * (len(c[0]["content"]) % 7) for c in completions]
 
+    split_now: dict = {}
+    splits: list[dict] = []
+
     class Timer(TrainerCallback):
+        """Step wall time, and the optimizer's share of it (clip + step)."""
+
         def __init__(self):
-            self.times, self.t0 = [], None
+            self.times, self.t0, self.t_opt = [], None, None
 
         def on_step_begin(self, *a, **k):
             sync()
+            split_now.clear()
             self.t0 = time.perf_counter()
+
+        def on_pre_optimizer_step(self, *a, **k):
+            sync()
+            self.t_opt = time.perf_counter()
+
+        def on_optimizer_step(self, *a, **k):
+            sync()
+            split_now["optimizer_s"] = split_now.get("optimizer_s", 0.0) + time.perf_counter() - self.t_opt
 
         def on_step_end(self, *a, **k):
             sync()
             self.times.append(time.perf_counter() - self.t0)
+            splits.append(dict(split_now, step_s=self.times[-1]))
 
+    recipe = RECIPES[args.recipe]
     cfg = GRPOConfig(
+        **recipe,
         output_dir="/tmp/grpo_bench",
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accum,
@@ -648,23 +754,63 @@ def grpo(args) -> dict:
         **kwargs,
     )
     gen_times = []
-    inner = trainer._generate_single_turn
 
-    def timed(*a, **k):
-        sync()
-        t = time.perf_counter()
-        r = inner(*a, **k)
-        sync()
-        gen_times.append(time.perf_counter() - t)
-        return r
+    def timed(name, key, when=None, log=None):
+        inner = getattr(trainer, name)
 
-    trainer._generate_single_turn = timed
+        def wrapper(*a, **k):
+            if when is not None and not when():
+                return inner(*a, **k)
+            sync()
+            t = time.perf_counter()
+            r = inner(*a, **k)
+            sync()
+            dt = time.perf_counter() - t
+            split_now[key] = split_now.get(key, 0.0) + dt
+            if log is not None:
+                log.append(dt)
+            return r
+
+        setattr(trainer, name, wrapper)
+
+    # per-step split: generation (engine prefill + decode, or TRL's generate), the no-grad log-prob forwards
+    # (reference / old policy), the rest of scoring (processing, rewards), policy forward + backward, optimizer
+    timed("_generate_single_turn", "generation_s", log=gen_times)
+    timed(
+        "_get_per_token_logps_and_entropies",
+        "nograd_logprob_forward_s",
+        when=lambda: not torch.is_grad_enabled(),
+    )
+    timed("_generate_and_score_completions", "generate_and_score_s")
+    timed("training_step", "training_step_s")
+    if args.profile_step is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        class Prof(TrainerCallback):
+            def on_step_begin(self, a, state, c, **k):
+                if state.global_step == args.profile_step:
+                    self.p = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                    self.p.__enter__()
+
+            def on_step_end(self, a, state, c, **k):
+                if state.global_step == args.profile_step + 1:
+                    sync()
+                    self.p.__exit__(None, None, None)
+                    for sort in ("cuda_time_total", "cpu_time_total"):
+                        table = self.p.key_averages().table(
+                            sort_by=sort, row_limit=30, max_name_column_width=70
+                        )
+                        name = f"profile_{args.setting}_{rollouts}_{sort.split('_')[0]}.txt"
+                        Path(args.out).with_name(name).write_text(table)
+
+        trainer.add_callback(Prof())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t
-    timed_steps = timer.times[args.warmup :]
+    skip = {args.profile_step} if args.profile_step is not None else set()  # the profiled step runs slower
+    timed_steps = [t for i, t in enumerate(timer.times) if i >= args.warmup and i not in skip]
     step_s = float(np.mean(timed_steps))
     lengths = [
         h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h
@@ -687,31 +833,113 @@ def grpo(args) -> dict:
         "train_wall_s": total,
         "device": device_name(),
     }
-    if setting["engine"] == "fast":
-        out["engine_timings_last"] = trainer.rollout_engine.last_timings
+    steady = [d for i, d in enumerate(splits) if i >= args.warmup and i not in skip]
+    split = {
+        k: float(np.mean([d.get(k, 0.0) for d in steady])) for k in sorted({k for d in steady for k in d})
+    }
+    if steady:
+        split["policy_forward_backward_s"] = split.get("training_step_s", 0) - split.get(
+            "generate_and_score_s", 0
+        )
+        split["scoring_other_s"] = (
+            split.get("generate_and_score_s", 0)
+            - split.get("generation_s", 0)
+            - split.get("nograd_logprob_forward_s", 0)
+        )
+        split["step_other_s"] = (
+            split["step_s"] - split.get("training_step_s", 0) - split.get("optimizer_s", 0)
+        )
+    out["split_mean_s"] = split
+    out["split_per_step"] = splits
+    out["recipe"] = {"name": args.recipe, "lora": args.lora, **recipe}
+    if setting["engine"] == "fast" and trainer.rollout_engine is not None:
+        timings = trainer.rollout_engine.last_timings
+        out["engine_timings_last"] = timings
+        hist = [h for h in trainer.state.log_history if "rollout/decode_s" in h]
+        hist = [h for i, h in enumerate(hist) if i >= args.warmup and i not in skip]
+        for key in ("prefill_s", "decode_s", "weights_s"):
+            vals = [h[f"rollout/{key}"] for h in hist if f"rollout/{key}" in h]
+            split[f"engine_{key}"] = float(np.mean(vals)) if vals else None
+        if not tiny and timings.get("decode_steps"):
+            engine = trainer.rollout_engine
+            hf = engine.model
+            kv_per_token = 2 * hf.config.text_config.num_hidden_layers * engine.n_kv * engine.head_dim * 2
+            slot = next(iter(engine._slots.values()))
+            bw = copy_bandwidth()
+            mean_ctx = timings["prompt_len"] + 128  # prompt + half of the 256-token completion
+            floor = (decoder_bytes(model) + slot.batch * mean_ctx * kv_per_token) / bw * 1e3
+            ms = 1e3 * timings["decode_s"] / timings["decode_steps"]
+            out["decode_vs_floor"] = {
+                "batch": slot.batch,
+                "ms_per_step": ms,
+                "floor_ms_weights_plus_kv": floor,
+                "ratio_to_floor": ms / floor,
+                "copy_bandwidth_TBps": bw / 1e12,
+            }
     return out
+
+
+#: ``all --plan study``: the study's recipe (4 rollouts/step) and 64 rollouts/step against same-run baselines
+STUDY_PLAN = [
+    ("fast", 4, 8, 60),
+    ("trl_default", 4, 2, 80),
+    ("fast", 64, 3, 70),
+    ("trl_tuned", 64, 2, 140),
+]
+
+
+def save_model(args) -> dict:
+    """Save a Qwen2.5-VL-3B-dims model (random bf16 weights, no LoRA) with the bench's processor to ``--out``: the
+    pretrained model of bench/pipeline_grpo_3b.yaml's pipeline run."""
+    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
+    proc = make_processor(corpus)
+    tok = proc.tokenizer
+    token_ids = {
+        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
+        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
+        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    model = build_3b(lora=False, token_ids=token_ids, device="cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return {"path": str(out), "params": sum(p.numel() for p in model.parameters())}
 
 
 def run_all(args) -> dict:
     # (setting, rollouts/step, timed steps, rough process seconds on an H100, to fit the time budget)
-    plan = [
-        ("trl_default", 32, 2, 110),
-        ("fast", 32, 3, 60),
-        ("trl_tuned", 32, 2, 95),
-        ("fast", 64, 3, 70),
-        ("trl_tuned", 64, 2, 135),
-        ("fast", 16, 3, 50),
-        ("trl_tuned", 16, 2, 65),
-        ("trl_default", 16, 1, 130),
-        ("trl_default", 64, 1, 140),
-    ]
+    plan = (
+        STUDY_PLAN
+        if args.plan == "study"
+        else [
+            ("trl_default", 32, 2, 110),
+            ("fast", 32, 3, 60),
+            ("trl_tuned", 32, 2, 95),
+            ("fast", 64, 3, 70),
+            ("trl_tuned", 64, 2, 135),
+            ("fast", 16, 3, 50),
+            ("trl_tuned", 16, 2, 65),
+            ("trl_default", 16, 1, 130),
+            ("trl_default", 64, 1, 140),
+        ]
+    )
     if args.only:
         keep = set(args.only.split(","))
         plan = [p for p in plan if f"{p[0]}_{p[1]}" in keep]
     if args.existing and Path(args.existing).is_file():  # add to an earlier run's file (same machine)
         previous = json.loads(Path(args.existing).read_text())
     start = time.perf_counter()
-    results = {"device": device_name(), "torch": torch.__version__, "runs": {}}
+    results = {
+        "device": device_name(),
+        "torch": torch.__version__,
+        "plan": args.plan,
+        "recipe": args.recipe,
+        "lora": args.lora,
+        "runs": {},
+    }
     if args.existing and Path(args.existing).is_file():
         results["runs"].update(previous.get("runs", {}))
     try:
@@ -740,7 +968,20 @@ def run_all(args) -> dict:
             str(steps),
             "--out",
             f"/tmp/{name}.json",
-        ] + (["--tiny"] if args.tiny else [])
+            "--recipe",
+            args.recipe,
+            "--lora",
+            args.lora,
+            "--warmup",
+            str(args.warmup),
+        ]
+        cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--micro", str(args.micro)] if args.micro else []
+        cmd += (
+            ["--profile-step", str(args.profile_step)]
+            if args.profile_step is not None and setting == "fast"
+            else []
+        )
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, timeout=left, capture_output=True, text=True)
@@ -762,7 +1003,7 @@ def run_all(args) -> dict:
 
 def ratios(runs: dict) -> dict:
     out = {}
-    for n in (16, 32, 64):
+    for n in (4, 16, 32, 64):
         fast = runs.get(f"fast_{n}", {}).get("rollouts_per_s")
         for base in ("trl_default", "trl_tuned"):
             ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
@@ -773,7 +1014,12 @@ def ratios(runs: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["micro", "prefill", "tf", "grpo", "all"])
+    ap.add_argument("mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model"])
+    ap.add_argument("--plan", choices=["default", "study"], default="default", help="for 'all'")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="trl", help="GRPO settings (RECIPES)")
+    ap.add_argument("--lora", choices=sorted(LORA_TARGETS), default="qv", help="LoRA targets (LORA_TARGETS)")
+    ap.add_argument("--micro", type=int, default=0, help="micro-batch of the fast setting (default: 8)")
+    ap.add_argument("--profile-step", type=int, default=None, help="profile this training step (fast runs)")
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="fast")
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
@@ -790,12 +1036,18 @@ def main():
         res = micro(args)
     elif args.mode == "prefill":
         res = prefill_study(args)
+    elif args.mode == "save-model":
+        print(json.dumps(save_model(args)))
+        return
+    elif args.mode == "decode":
+        res = decode_study(args)
     elif args.mode == "tf":
         res = teacher_forced(args)
     elif args.mode == "grpo":
         res = grpo(args)
     else:
-        args.out = args.out or f"bench/results/grpo_rollouts_{slug(device_name())}.json"
+        suffix = "" if args.plan == "default" else f"_{args.plan}_{args.recipe}_{args.lora}"
+        args.out = args.out or f"bench/results/grpo_rollouts{suffix}_{slug(device_name())}.json"
         res = run_all(args)
         print(json.dumps(res.get("ratios", {}), indent=1))
     if args.out:

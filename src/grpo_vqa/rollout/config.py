@@ -5,6 +5,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 ENGINES = ("hf", "fast")
+# ``grpo.rollout_engine`` values: an engine, or ``auto`` (see :func:`choose_engine`)
+ENGINE_CHOICES = (*ENGINES, "auto")
+# model types (``config.model_type``) the fast engine decodes
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+
+
+def choose_engine(
+    requested: str, model_type: str | None, cuda: bool, deepspeed_stage: int | None = None
+) -> tuple[str, str]:
+    """The rollout engine for ``grpo.rollout_engine`` and why: ``(engine, reason)``.
+
+    ``hf`` and ``fast`` are taken as given. ``auto`` takes ``fast`` where a CUDA device and a model type the
+    engine supports are present (and no DeepSpeed, whose sharded parameters it cannot read), else ``hf``.
+    """
+    if requested not in ENGINE_CHOICES:
+        raise ValueError(f"rollout_engine must be one of {ENGINE_CHOICES}, got {requested!r}")
+    if requested != "auto":
+        return requested, f"rollout_engine: {requested}"
+    if not cuda:
+        return "hf", "auto: no CUDA device (the fast engine needs one)"
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return (
+            "hf",
+            f"auto: model type {model_type!r} is not one the fast engine supports {SUPPORTED_MODEL_TYPES}",
+        )
+    if deepspeed_stage:
+        return "hf", f"auto: DeepSpeed ZeRO-{deepspeed_stage} (the fast engine reads whole parameters)"
+    return "fast", f"auto: CUDA device and model type {model_type!r}"
 
 
 @dataclass
@@ -29,6 +57,12 @@ class RolloutConfig:
         cache_dataset_rows: fetch each generation batch's dataset rows (and decode their images) once per
             generation instead of at every gradient-accumulation step.
         check_eos_every: decode steps between checks (a device sync) of whether every row has stopped.
+        merge_lora: decode with static copies of the language model's weights in which the LoRA adapters are
+            merged (``W + scale * B @ A``, refreshed at every ``generate`` from the live parameters, only where
+            they changed) and q/k/v and gate/up are concatenated, so one decode layer runs four matrix products
+            instead of seven plus two per adapter (``None``: on CUDA only). Costs one more copy of those
+            weights in device memory; sampling differs from the unmerged step by bf16 rounding only (the loss
+            is TRL's own forward either way).
     """
 
     engine: str = "hf"
@@ -42,6 +76,7 @@ class RolloutConfig:
     cache_images: bool = True
     cache_dataset_rows: bool = True
     check_eos_every: int = 16
+    merge_lora: bool | None = None
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -70,6 +105,7 @@ class RolloutConfig:
         data = self.to_dict()
         data["compile"] = on_cuda if self.compile is None else bool(self.compile)
         data["cuda_graph"] = on_cuda if self.cuda_graph is None else bool(self.cuda_graph)
+        data["merge_lora"] = on_cuda if self.merge_lora is None else bool(self.merge_lora)
         if data["cuda_graph"] and not on_cuda:
             raise ValueError("rollout.cuda_graph needs a CUDA device")
         return RolloutConfig(**data)

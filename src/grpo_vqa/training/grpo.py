@@ -119,6 +119,21 @@ def _resumable(base: type) -> type:
     return Resumable
 
 
+def rollout_engine_for(cfg: dict, model) -> tuple[str, str]:
+    """``(engine, reason)`` for the ``grpo`` section's ``rollout_engine`` (``hf``, ``fast`` or ``auto``) and the
+    loaded model: ``auto`` takes the fast engine on CUDA with a model type it supports, TRL's path otherwise."""
+    import torch
+
+    from ..rollout.config import choose_engine
+
+    return choose_engine(
+        cfg.get("rollout_engine", "hf"),
+        getattr(getattr(model, "config", None), "model_type", None),
+        torch.cuda.is_available(),
+        (cfg.get("launch") or {}).get("deepspeed_stage"),
+    )
+
+
 def run_grpo(
     model_path: str,
     train_rows,
@@ -135,12 +150,13 @@ def run_grpo(
     ckpt_dir = Path(ckpt_dir)
     model = load_model(model_path, dtype=dtype)
     processor = load_processor(model_path, padding_side="left")
-    engine = cfg.get("rollout_engine", "hf")
+    engine, why = rollout_engine_for(cfg, model)
+    print(f"[grpo] rollout engine: {engine} ({why})", flush=True)
     extra = {}
     if engine == "fast":
         from ..rollout import RolloutConfig
 
-        extra["rollout_config"] = RolloutConfig.from_dict(cfg.get("rollout"))
+        extra["rollout_config"] = RolloutConfig.from_dict({**(cfg.get("rollout") or {}), "engine": "fast"})
     trainer = trainer_class(engine)(
         **extra,
         model=model,

@@ -1,0 +1,111 @@
+"""``grpo.rollout_engine: auto``: which engine it picks and why, the schema key, and run_grpo's choice on CPU."""
+
+import copy
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from grpo_vqa.config import ConfigError, validate_config  # noqa: E402
+from grpo_vqa.rollout.config import ENGINE_CHOICES, SUPPORTED_MODEL_TYPES, choose_engine  # noqa: E402
+from grpo_vqa.training import grpo as grpo_mod  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "config.yaml")
+
+
+def test_explicit_engines_are_kept():
+    assert choose_engine("hf", "qwen2_5_vl", cuda=True) == ("hf", "rollout_engine: hf")
+    assert choose_engine("fast", "idefics3", cuda=False) == ("fast", "rollout_engine: fast")
+
+
+@pytest.mark.parametrize(
+    "model_type,cuda,ds,engine,why",
+    [
+        ("qwen2_5_vl", True, None, "fast", "CUDA device and model type 'qwen2_5_vl'"),
+        ("qwen2_5_vl", False, None, "hf", "no CUDA device"),
+        ("idefics3", True, None, "hf", "model type 'idefics3' is not one"),
+        ("qwen2_5_vl", True, 2, "hf", "DeepSpeed ZeRO-2"),
+        (None, True, None, "hf", "model type None"),
+    ],
+)
+def test_auto_picks_fast_only_with_cuda_and_a_supported_model(model_type, cuda, ds, engine, why):
+    got, reason = choose_engine("auto", model_type, cuda=cuda, deepspeed_stage=ds)
+    assert got == engine
+    assert reason.startswith("auto: ") and why in reason
+
+
+def test_unknown_engine_is_an_error():
+    with pytest.raises(ValueError, match="rollout_engine must be one of"):
+        choose_engine("vllm", "qwen2_5_vl", cuda=True)
+    assert ENGINE_CHOICES == ("hf", "fast", "auto") and "qwen2_5_vl" in SUPPORTED_MODEL_TYPES
+
+
+def _default_config():
+    with open(DEFAULT_CONFIG) as fh:
+        return yaml.safe_load(fh)
+
+
+def test_schema_takes_auto_and_refuses_others():
+    cfg = _default_config()
+    cfg["grpo"]["rollout_engine"] = "auto"
+    validate_config(cfg)
+    cfg["grpo"]["rollout_engine"] = "vllm"
+    with pytest.raises(ConfigError, match="rollout_engine"):
+        validate_config(cfg)
+
+
+def test_rollout_engine_for_reads_model_cuda_and_launch(monkeypatch):
+    qwen = SimpleNamespace(config=SimpleNamespace(model_type="qwen2_5_vl"))
+    cfg = {**_default_config()["grpo"], "rollout_engine": "auto"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert grpo_mod.rollout_engine_for(cfg, qwen)[0] == "hf"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert grpo_mod.rollout_engine_for(cfg, qwen)[0] == "fast"
+    cfg_ds = {**cfg, "launch": {"num_processes": 2, "num_machines": 1, "deepspeed_stage": 3}}
+    assert grpo_mod.rollout_engine_for(cfg_ds, qwen)[0] == "hf"
+    smol = SimpleNamespace(config=SimpleNamespace(model_type="idefics3"))
+    assert grpo_mod.rollout_engine_for(cfg, smol)[0] == "hf"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_run_grpo_auto_on_cpu_builds_trls_trainer_as_hf_does(tmp_path, monkeypatch, capsys):
+    """On CPU, ``auto`` hands the trainer exactly what ``hf`` does (same class, same arguments) and logs why."""
+    from grpo_vqa.models.tiny import build_tiny_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = build_tiny_model(
+        "qwen2_5_vl", {"image_size": 112}, ["a b c <answer>x</answer>"] * 4, tmp_path / "m", seed=0
+    )
+    real_trainer_class = grpo_mod.trainer_class
+    built = []
+
+    def recording_trainer_class(engine):
+        cls = real_trainer_class(engine)
+
+        def build(**kwargs):
+            args = kwargs.pop("args").to_dict()
+            built.append((engine, cls.__mro__[1], sorted(kwargs), args))
+            raise _Stop
+
+        return build
+
+    monkeypatch.setattr(grpo_mod, "trainer_class", recording_trainer_class)
+    base = _default_config()["grpo"]
+    for engine in ("hf", "auto"):
+        cfg = copy.deepcopy({**base, "rollout_engine": engine})
+        with pytest.raises(_Stop):
+            grpo_mod.run_grpo(str(ckpt), None, tmp_path / "out", tmp_path / "ckpt", cfg, seed=0)
+    out = capsys.readouterr().out
+    assert "[grpo] rollout engine: hf (rollout_engine: hf)" in out
+    assert "[grpo] rollout engine: hf (auto: no CUDA device" in out
+    assert len(built) == 2
+    assert built[0] == built[1]
+    assert built[0][0] == "hf" and built[0][1].__name__ == "GRPOTrainer"
+    assert "rollout_config" not in built[0][2]
