@@ -1,7 +1,9 @@
-"""The embedded default end to end: run the DAG once (or read a finished run) and check that learning shows.
+"""The embedded default end to end: run the DAG once (or read a finished run) and check what the README claims.
 
 Set GRPO_VQA_RUN_DIR to a directory where `snakemake --cores 2 all` already ran to check that run instead
-of starting one (the run takes several minutes on 2 cores).
+of starting one (the run takes about ten minutes on 2 cores). GRPO_VQA_EMBEDDED_DIR names the folder the
+run is made in (kept afterwards; CI prints its table), GRPO_VQA_EMBEDDED_SEEDS the seeds to run, comma
+separated (default: the config's one seed); every check below holds for every seed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ("vsr_qwen", "vsr_smolvlm")
+MODELS = ("vsr_qwen", "vsr_smolvlm")
+SEEDS = [int(s) for s in os.environ.get("GRPO_VQA_EMBEDDED_SEEDS", "").split(",") if s.strip()]
+# Each experiment of each seed: the first seed keeps the plain names, the others are <name>_s<seed>.
+EXPERIMENTS = [m if not SEEDS or s == SEEDS[0] else f"{m}_s{s}" for s in (SEEDS or [None]) for m in MODELS]
 pytestmark = pytest.mark.embedded
 
 
@@ -24,7 +29,9 @@ def run_dir(tmp_path_factory) -> Path:
     given = os.environ.get("GRPO_VQA_RUN_DIR")
     if given:
         return Path(given)
-    workdir = tmp_path_factory.mktemp("embedded")
+    kept = os.environ.get("GRPO_VQA_EMBEDDED_DIR")
+    workdir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("embedded")
+    workdir.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -37,6 +44,8 @@ def run_dir(tmp_path_factory) -> Path:
         "-d",
         str(workdir),
     ]
+    if SEEDS:
+        cmd += ["--config", f"seeds=[{','.join(map(str, SEEDS))}]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return workdir
