@@ -12,7 +12,7 @@ rule evaluate:
         ),
     params:
         script=f"{SCRIPTS}/evaluate.py",
-        cfg=lambda w: eval_params(w.exp),
+        cfg=lambda w: eval_params(w.exp, w.stage),
         out_dir="results/eval/{exp}/{stage}",
         cache="results/checkpoints/eval/{exp}/{stage}",
         extra=lambda w: " ".join(f"{k}={v}" for k, v in extra_eval_sets(w).items()),

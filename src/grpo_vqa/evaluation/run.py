@@ -70,6 +70,9 @@ def evaluate_model(
             int(cfg["batch_size"]),
             blank=blank,
             desc=f"eval {name}",
+            correctness=cfg.get("correctness"),
+            answer_without_tags=bool(cfg.get("answer_without_tags", False)),
+            next_token_labels=cfg.get("next_token_labels"),
         )
         atomic_write_json(out_dir / f"generated_responses_{name}.json", records)
         scores["splits"][name] = split_scores(records)
