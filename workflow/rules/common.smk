@@ -121,6 +121,16 @@ def model_input(exp, stage):
     return f"results/runs/{exp}/{stage}/model"
 
 
+def eval_model_input(exp, stage):
+    """The model rule evaluate loads: model_input's, but with ``evaluation.from_adapter`` a trained stage is its
+    LoRA adapter (evaluate.py merges it into its base in memory: the weights merge_lora saves), so merge_lora
+    runs only where a later stage trains from the merged model."""
+    if stage in ("sft", "grpo") and config["evaluation"].get("from_adapter"):
+        owner = sft_source(config, exp) if stage == "sft" else exp
+        return f"results/runs/{owner}/{stage}/adapter"
+    return model_input(exp, stage)
+
+
 def grpo_start(w):
     """The model GRPO starts from: the merged SFT model, or the base model with ``grpo_from: base``."""
     return model_input(w.exp, experiment(w).get("grpo_from", "sft"))

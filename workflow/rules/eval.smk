@@ -1,7 +1,7 @@
 rule evaluate:
     """Greedy generation on val/test (+ blank-image probe, + extra test sets) for one model stage."""
     input:
-        model=lambda w: model_input(w.exp, w.stage),
+        model=lambda w: eval_model_input(w.exp, w.stage),
         data=lambda w: dataset_dir(experiment(w)["dataset"]),
         extra=lambda w: list(extra_eval_sets(w).values()),
     output:
