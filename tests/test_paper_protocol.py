@@ -95,6 +95,17 @@ def test_2_topology_two_arms_from_base_and_grounding_chains(plan):
     assert "grounding_qwen" in merged
 
 
+def test_merged_models_only_where_grpo_trains_from_one(plan):
+    """evaluation.from_adapter: trained stages are evaluated from their adapters; only grounding's SFT model,
+    which both GRPO variants train from, is merged on disk."""
+    merged = sorted((j.wildcards["exp"], j.wildcards["trained"]) for j in plan if j.rule == "merge_lora")
+    assert merged == [("grounding_qwen", "sft")]
+    trained = [j for j in plan if j.rule == "evaluate" and j.wildcards["stage"] in ("sft", "grpo")]
+    assert len(trained) == 18
+    for j in trained:
+        assert j.inputs[0] == f"results/runs/{j.wildcards['exp']}/{j.wildcards['stage']}/adapter", j
+
+
 def test_3_no_system_prompt_and_the_r1_instruction_in_the_user_turn(plan):
     for j in plan:
         if j.rule in ("sft", "grpo", "evaluate", "prompt_tune"):
