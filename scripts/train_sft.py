@@ -13,7 +13,11 @@ def main() -> None:
     cfg = cli.load_cfg(args)
     setup_runtime(cfg["seed"], args.threads)
     model = resolve_model(args.model)
-    rows = sft_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
+    rows = sft_rows(
+        load_split(args.data, "train"),
+        cfg.get("system_prompt"),
+        target=cfg["sft"].get("target", "think_answer"),
+    )
     result = run_sft(
         model,
         rows,

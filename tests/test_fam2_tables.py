@@ -250,7 +250,9 @@ def test_dry_run_embedded_plans_both_families(tmp_path):
     out = dry_run(tmp_path, FULL)
     counts = job_counts(out)
     # one SFT shared by both GRPO variants; two soft prompts; base/sft/grpo x2 + base/pt x2 evaluations
-    assert counts["sft"] == 1 and counts["grpo"] == 2 and counts["prompt_tune"] == 2
+    # grounding: one SFT shared by two GRPO variants; the reasoning soft prompt distils vsr_qwen's GRPO model
+    assert counts["sft"] == 1 and counts["grpo"] == 3 and counts["prompt_tune"] == 2
+    assert "results/eval/vsr_qwen/grpo/generated_responses_train.json" in out
     assert counts["evaluate"] == 7 and counts["table"] == 2
     assert "results/runs/grounding_qwen_iou/sft" not in out
     assert "input: results/runs/grounding_qwen/sft/model, results/data/grounding_synth\n" in out
@@ -263,5 +265,7 @@ def test_dry_run_paper_plans_both_families(tmp_path):
     # planning only: hub ids are not looked up (HF_HUB_OFFLINE unset would ask for them in the local cache)
     out = dry_run(tmp_path, PAPER, env={**os.environ, "HF_HUB_OFFLINE": "0"})
     counts = job_counts(out)
-    assert counts["sft"] == 1 and counts["grpo"] == 2 and counts["prompt_tune"] == 2
+    # grounding: one SFT shared by two GRPO variants; the reasoning soft prompt distils vsr_qwen's GRPO model
+    assert counts["sft"] == 1 and counts["grpo"] == 3 and counts["prompt_tune"] == 2
+    assert "results/eval/vsr_qwen/grpo/generated_responses_train.json" in out
     assert "results/data/drivingvqa" in out and "results/data/aokvqa" in out

@@ -65,7 +65,8 @@ def test_paper_families_plan_the_study_settings(tmp_path):
     assert counts["evaluate"] == 14 and counts["table"] == 4
     inputs = grpo_inputs(out)
     assert inputs["shapes_qwen"] == inputs["math_qwen"] == "results/models/qwen/base.json"
-    assert inputs["bias_095"] == "results/runs/bias_095/sft/model"
+    # the study's bias and sim2real arms: SFT and GRPO both from the base model (tests/test_paper_protocol.py)
+    assert inputs["bias_strong"] == inputs["sim2real_source"] == "results/models/qwen/base.json"
 
 
 @pytest.mark.parametrize(

@@ -355,3 +355,24 @@ def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_pa
     key = next(k for k in base if k.endswith("lm_head.weight"))
     assert torch.equal(plain[key], base[key])  # LoRA alone leaves the head as it was
     assert not torch.allclose(mts[key], base[key])  # trained in full and merged
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_evaluating_an_adapter_loads_the_weights_merge_lora_saves(built, tmp_path, arch):
+    """``evaluation.from_adapter``: rule evaluate loads a LoRA adapter merged in memory; those are the weights of
+    the merged model rule merge_lora writes (so the evaluation is the same), and not the base model's."""
+    from grpo_vqa.evaluation.run import load_eval_model
+    from grpo_vqa.training.merge import is_lora_adapter, merge_adapter
+    from grpo_vqa.training.sft import run_sft
+
+    lora = {"r": 4, "alpha": 8, "targets": "all-linear", "modules_to_save": ["lm_head"]}
+    cfg = {"max_steps": 2, "learning_rate": 1e-2, "batch_size": 2, "save_steps": 10, "lora": lora}
+    run_sft(str(built[arch]), sft_rows_answering_true(4), tmp_path / "a", tmp_path / "ck", cfg, seed=0)
+    merge_adapter(tmp_path / "a", tmp_path / "merged")
+    assert is_lora_adapter(tmp_path / "a") and not is_lora_adapter(tmp_path / "merged")
+    in_memory = load_eval_model(str(tmp_path / "a")).state_dict()
+    on_disk = load_eval_model(str(tmp_path / "merged")).state_dict()
+    base = load_eval_model(str(built[arch])).state_dict()
+    assert sorted(in_memory) == sorted(on_disk)
+    assert all(torch.equal(in_memory[k], on_disk[k]) for k in on_disk)
+    assert any(not torch.equal(in_memory[k], base[k]) for k in base)

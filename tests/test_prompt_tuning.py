@@ -12,7 +12,12 @@ from PIL import Image  # noqa: E402
 from grpo_vqa.models.loading import build_messages, load_model, load_processor  # noqa: E402
 from grpo_vqa.models.soft_prompt import attach_mrope_positions, is_prompt_adapter  # noqa: E402
 from grpo_vqa.models.tiny import build_tiny_model  # noqa: E402
-from grpo_vqa.training.prompt_tuning import completion_for, prompt_tuning_config  # noqa: E402
+from grpo_vqa.training.prompt_tuning import (  # noqa: E402
+    completion_for,
+    completion_kind,
+    prompt_tuning_config,
+    prompt_tuning_rows,
+)
 
 torch.set_num_threads(1)
 CORPUS = [
@@ -49,10 +54,47 @@ def soft_prompted(path: str):
 
 
 def test_completion_targets():
-    assert completion_for("direct", "I see it.", "True") == "<answer>True</answer>"
-    assert completion_for("reason", "I see it.", "True") == "<think>I see it.</think><answer>True</answer>"
+    kind = {t: completion_kind(t, {}) for t in ("direct", "reason")}
+    assert completion_for(kind["direct"], "I see it.", "True") == "<answer>True</answer>"
+    assert (
+        completion_for(kind["reason"], "I see it.", "True") == "<think>I see it.</think><answer>True</answer>"
+    )
+    assert completion_for(completion_kind("direct", {"completion": "answer"}), "I see it.", "True") == "True"
     with pytest.raises(ValueError, match="target 'both'"):
-        completion_for("both", "", "")
+        completion_kind("both", {})
+    with pytest.raises(ValueError, match="prompt_tuning.reason.completion"):
+        completion_kind("reason", {"completion": "bare"})
+
+
+def test_grpo_response_rows_join_by_id(tmp_path):
+    """Distillation rows: each training item's completion is the GRPO model's response to it, by id; items
+    without a response are left out; no response at all is an error."""
+    import datasets
+    from PIL import Image
+
+    rows = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(path)
+        rows.append(
+            {"id": f"x{i}", "image_path": str(path), "problem": f"q{i}", "solution": "True", "reasoning": ""}
+        )
+    ds = datasets.Dataset.from_list(rows)
+    responses = [
+        {"id": "x2", "response": "<think>b</think><answer>False</answer>"},
+        {"id": "x0", "response": "<think>a</think><answer>True</answer>"},
+    ]
+    cfg = {"completion": "grpo_responses"}
+    out = prompt_tuning_rows(ds, None, "reason", cfg, responses)
+    assert [r["completion"][0]["content"][0]["text"] for r in out] == [
+        "<think>a</think><answer>True</answer>",
+        "<think>b</think><answer>False</answer>",
+    ]
+    assert [r["prompt"][-1]["content"][-1]["text"] for r in out] == ["q0", "q2"]
+    with pytest.raises(ValueError, match="no generated responses"):
+        prompt_tuning_rows(ds, None, "reason", cfg, [])
+    with pytest.raises(ValueError, match="no training item"):
+        prompt_tuning_rows(ds, None, "reason", cfg, [{"id": "other", "response": "x"}])
 
 
 def test_soft_prompt_keeps_qwen_3d_positions(qwen):

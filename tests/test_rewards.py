@@ -41,7 +41,16 @@ def parts(text):
 
 
 def test_registry_names_and_ranges():
-    assert set(REWARDS) == {"accuracy", "format", "iou", "shape_count", "math_accuracy"}
+    assert set(REWARDS) == {
+        "accuracy",
+        "accuracy_exact",
+        "accuracy_yes_no",
+        "exam",
+        "format",
+        "iou",
+        "shape_count",
+        "math_accuracy",
+    }
     assert set(REWARD_RANGES) == set(REWARDS)
     for name, func in REWARDS.items():
         assert func.__name__ == name

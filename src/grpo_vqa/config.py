@@ -247,3 +247,23 @@ def stage_config(config: dict, experiment: str, stage: str) -> dict:
 def as_json(obj: object) -> str:
     """Canonical JSON for passing a config section on a command line (Snakemake ``params``)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+#: Prompt-tuning recipes (rule prompt_tune's targets); their sections under ``prompt_tuning`` override the rest.
+PT_RECIPES = ("direct", "reason")
+
+
+def prompt_tuning_recipe(config: dict, experiment: str, recipe: str) -> dict:
+    """The settings of one soft-prompt recipe: the experiment's ``prompt_tuning`` section with its
+    ``<recipe>:`` subsection laid over it (without the recipe subsections themselves)."""
+    merged = stage_config(config, experiment, "prompt_tuning")
+    base = {k: v for k, v in merged.items() if k not in PT_RECIPES}
+    return deep_merge(base, merged.get(recipe))
+
+
+def evaluation_config(config: dict, experiment: str) -> dict:
+    """Evaluation settings of an experiment: the global section, its model's ``evaluation:`` overrides, then
+    the experiment's own."""
+    exp = config["experiments"][experiment]
+    model = config["models"][exp["model"]]
+    return deep_merge(deep_merge(config["evaluation"], model.get("evaluation")), exp.get("evaluation"))

@@ -33,7 +33,10 @@ __all__ = [
     "REWARDS",
     "REWARD_RANGES",
     "UnknownRewardError",
+    "accuracy_exact_reward",
     "accuracy_reward",
+    "accuracy_yes_no_reward",
+    "exam_reward",
     "format_reward",
     "get_reward_funcs",
     "iou_reward",
@@ -139,6 +142,72 @@ def accuracy_reward(completions: Sequence[Any], solution: Sequence[Any], **kwarg
     solutions = _column(solution, "solution", len(completions))
     return [
         _accuracy_one(extract_answer(completion_text(c)), sol)
+        for c, sol in zip(completions, solutions, strict=True)
+    ]
+
+
+def _exact_one(answer: str | None, solution: Any, aliases: dict[str, str] | None = None) -> float | None:
+    if solution is None:
+        return None
+    if answer is None:
+        return 0.0
+    answer = answer.strip()
+    return float((aliases or {}).get(answer, answer) == str(solution).strip())
+
+
+@_register("accuracy_exact", 0.0, 1.0)
+def accuracy_exact_reward(
+    completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any
+) -> list[float | None]:
+    """The study's VSR accuracy: 1.0 if the stripped ``<answer>`` content equals the stripped ``solution``
+    exactly (case-sensitive: ``True`` / ``False``), else 0.0 (no answer tag: 0.0). Range [0, 1]."""
+    solutions = _column(solution, "solution", len(completions))
+    return [
+        _exact_one(extract_answer(completion_text(c)), sol)
+        for c, sol in zip(completions, solutions, strict=True)
+    ]
+
+
+_YES_NO = {"Yes": "True", "No": "False"}
+
+
+@_register("accuracy_yes_no", 0.0, 1.0)
+def accuracy_yes_no_reward(
+    completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any
+) -> list[float | None]:
+    """:func:`accuracy_exact_reward` that also takes ``Yes`` for ``True`` and ``No`` for ``False`` (the study's
+    SmolVLM evaluation). Range [0, 1]."""
+    solutions = _column(solution, "solution", len(completions))
+    return [
+        _exact_one(extract_answer(completion_text(c)), sol, _YES_NO)
+        for c, sol in zip(completions, solutions, strict=True)
+    ]
+
+
+_LETTER = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
+
+
+def _letter_set(text: str) -> frozenset[str]:
+    return frozenset(_LETTER.findall(text))
+
+
+def _exam_one(answer: str | None, solution: Any) -> float | None:
+    if solution is None:
+        return None
+    gold = _letter_set(str(solution))
+    if answer is None or not gold:
+        return 0.0
+    return float(_letter_set(answer) == gold)
+
+
+@_register("exam", 0.0, 1.0)
+def exam_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    """The exam score of multiple-answer questions (DrivingVQA): 1.0 if the set of option letters in the
+    ``<answer>`` content equals the set in ``solution`` (``"A, C"``), else 0.0. Letters are capitals standing
+    alone (``"A, C"``, ``"(A) and (C)"``). Range [0, 1]."""
+    solutions = _column(solution, "solution", len(completions))
+    return [
+        _exam_one(extract_answer(completion_text(c)), sol)
         for c, sol in zip(completions, solutions, strict=True)
     ]
 

@@ -13,6 +13,8 @@ from grpo_vqa.config import (  # noqa: E402
     as_json,
     check_config_files,
     deep_merge,
+    evaluation_config,
+    prompt_tuning_recipe,
     sft_source,
     stage_config,
     validate_config,
@@ -70,12 +72,14 @@ def dataset_dir(name):
     return f"results/data/{name}"
 
 
-def train_params(exp, stage):
-    """The JSON a training script runs with: its stage's settings plus what shapes its data and prompts."""
+def train_params(exp, stage, recipe=None):
+    """The JSON a training script runs with: its stage's settings plus what shapes its data and prompts.
+    ``recipe``: a prompt-tuning recipe (direct, reason) whose own subsection is laid over the section."""
     return as_json(
         {
-            stage: stage_config(config, exp, stage),
-            "seed": SEED_OF["experiments"][exp],
+        evaluation_config(config, exp)
+        | {"seed": SEED_OF["experiments"][exp], "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
+        | extra
             "system_prompt": config.get("system_prompt"),
             "dtype": model_dtype(exp),
             "logging": config.get("logging"),
@@ -83,16 +87,30 @@ def train_params(exp, stage):
     )
 
 
-def eval_params(exp):
-    """Evaluation settings: the global section with the experiment's own ``evaluation:`` overrides."""
+def eval_params(exp, stage=None):
+    """Evaluation settings: the global section with the model's and the experiment's ``evaluation:``
+    overrides; a soft prompt scored by next-token probabilities (its recipe's next_token_labels) says so."""
+    extra = {}
+    if stage in PT_STAGES and prompt_tuning_recipe(config, exp, PT_STAGES[stage]).get("next_token_labels"):
+        extra["next_token_labels"] = prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"]
     return as_json(
-        deep_merge(config["evaluation"], config["experiments"][exp].get("evaluation"))
-        | {
-            "seed": SEED_OF["experiments"][exp],
-            "system_prompt": config.get("system_prompt"),
-            "dtype": model_dtype(exp),
-        }
+        evaluation_config(config, exp)
+        | {"seed": SEED_OF["experiments"][exp], "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
+        | extra
     )
+
+
+def pt_responses(exp, pt):
+    """What a soft-prompt recipe distils (completion: grpo_responses): the GRPO model's generated responses
+    on the training split (rule evaluate writes them when evaluation.splits holds train)."""
+    if prompt_tuning_recipe(config, exp, PT_STAGES[pt]).get("completion") != "grpo_responses":
+        return []
+    if "train" not in config["evaluation"]["splits"]:
+        raise WorkflowError(
+            f"config key evaluation.splits: prompt_tuning.{PT_STAGES[pt]}.completion grpo_responses needs the "
+            "GRPO model's responses on train; add train"
+        )
+    return [f"results/eval/{exp}/grpo/generated_responses_train.json"]
 
 
 def model_input(exp, stage):
@@ -107,6 +125,16 @@ def model_input(exp, stage):
     if stage in PT_STAGES:
         return f"results/runs/{exp}/{stage}/adapter"
     return f"results/runs/{exp}/{stage}/model"
+
+
+def eval_model_input(exp, stage):
+    """The model rule evaluate loads: model_input's, but with ``evaluation.from_adapter`` a trained stage is its
+    LoRA adapter (evaluate.py merges it into its base in memory: the weights merge_lora saves), so merge_lora
+    runs only where a later stage trains from the merged model."""
+    if stage in ("sft", "grpo") and config["evaluation"].get("from_adapter"):
+        owner = sft_source(config, exp) if stage == "sft" else exp
+        return f"results/runs/{owner}/{stage}/adapter"
+    return model_input(exp, stage)
 
 
 def grpo_start(w):

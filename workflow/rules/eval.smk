@@ -1,7 +1,7 @@
 rule evaluate:
     """Greedy generation on val/test (+ blank-image probe, + extra test sets) for one model stage."""
     input:
-        model=lambda w: model_input(w.exp, w.stage),
+        model=lambda w: eval_model_input(w.exp, w.stage),
         data=lambda w: dataset_dir(experiment(w)["dataset"]),
         extra=lambda w: list(extra_eval_sets(w).values()),
     output:
@@ -12,7 +12,7 @@ rule evaluate:
         ),
     params:
         script=f"{SCRIPTS}/evaluate.py",
-        cfg=lambda w: eval_params(w.exp),
+        cfg=lambda w: eval_params(w.exp, w.stage),
         out_dir="results/eval/{exp}/{stage}",
         cache="results/checkpoints/eval/{exp}/{stage}",
         extra=lambda w: " ".join(f"{k}={v}" for k, v in extra_eval_sets(w).items()),

@@ -100,11 +100,13 @@ rule prompt_tune:
     input:
         model=lambda w: model_input(w.exp, "base"),
         data=lambda w: dataset_dir(experiment(w)["dataset"]),
+        # the GRPO model's own responses, for a recipe that distils them (completion: grpo_responses)
+        responses=lambda w: pt_responses(w.exp, w.pt),
     output:
         directory("results/runs/{exp}/{pt}/adapter"),
     params:
         script=f"{SCRIPTS}/train_prompt.py",
-        cfg=lambda w: train_params(w.exp, "prompt_tuning"),
+        cfg=lambda w: train_params(w.exp, "prompt_tuning", PT_STAGES[w.pt]),
         target=lambda w: PT_STAGES[w.pt],
         ckpt="results/checkpoints/{exp}/{pt}",
         tb="results/logs/tensorboard/{exp}/{pt}",
@@ -121,5 +123,6 @@ rule prompt_tune:
         gpu=train_gpu,
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
-        " --data {input.data} --target {params.target} --out {output} --ckpt {params.ckpt}"
+        " --data {input.data} --responses {input.responses} --target {params.target} --out {output}"
+        " --ckpt {params.ckpt}"
         " --log-dir {params.tb} > {log} 2>&1"

@@ -117,6 +117,10 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             # bias: a biased subset of the real relation items (the test split stays as drawn)
             if cfg.get("bias") is not None and cfg["bias"] != 0.5 and split != "test":
                 real_cfg["bias"] = cfg["bias"]
+            # bias_keep_ratio: per relation, only this share of the minority label's items (train only)
+            if cfg.get("bias_keep_ratio") is not None and split == "train":
+                real_cfg["bias_keep_ratio"] = cfg["bias_keep_ratio"]
+            real_cfg["ids"] = (cfg["real"].get("ids") or {}).get(split)
             dq = DataQuality()
             items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed, quality=dq)
             quality = dq.as_dict()
@@ -131,6 +135,9 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             )
         if not items:
             raise DataError(f"datasets.{name}: split {split!r} has no items")
+        if cfg.get("question_template"):
+            for it in items:
+                it["problem"] = cfg["question_template"].format(question=it["problem"])
         ids = [it["id"] for it in items]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -145,8 +152,44 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             "solutions": {s: labels.count(s) for s in sorted(set(labels), key=str)},
             "quality": quality,
         }
+        if source in ("hub", "local"):
+            # the drawn items, so the draw can be reused (datasets.<name>.real.ids.<split>: this file)
+            atomic_write_json(out_dir / "ids" / f"{split}.json", ids)
+            manifest["splits"][split]["ids_file"] = f"ids/{split}.json"
+        if cfg.get("bias_keep_ratio") is not None and split == "train":
+            manifest["splits"][split]["bias_probe"] = relation_probe(items, s_seed)
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def relation_probe(items: list[dict], seed: int, folds: int = 5) -> dict:
+    """How well the relation word alone predicts the label: the held-out accuracy (%) of a logistic
+    regression on the one-hot relation (scikit-learn), over stratified ``folds``-fold cross-validation (fewer
+    folds when a label has fewer items). Also each relation's majority label in ``items`` (the text prior a
+    model can learn from them)."""
+    from collections import Counter
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.preprocessing import OneHotEncoder
+
+    relations = [[str(it["relation"])] for it in items]
+    labels = [int(it["label"]) for it in items]
+    by_relation: dict[str, Counter] = {}
+    for (rel,), label in zip(relations, labels, strict=True):
+        by_relation.setdefault(rel, Counter())[label] += 1
+    majority = {rel: "True" if c[1] > c[0] else "False" for rel, c in sorted(by_relation.items())}
+    k = min(folds, *Counter(labels).values()) if len(set(labels)) == 2 else 0
+    out: dict = {"method": f"relation-only logistic regression, stratified {k}-fold", "majority": majority}
+    if k < 2:
+        out["accuracy"] = None
+        out["why"] = "fewer than two items of a label: no held-out estimate"
+        return out
+    x = OneHotEncoder(handle_unknown="ignore").fit_transform(relations)
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    acc = cross_val_score(LogisticRegression(max_iter=1000), x, labels, cv=cv, scoring="accuracy")
+    out["accuracy"] = round(100.0 * float(acc.mean()), 4)
+    return out
 
 
 def load_split(data_dir: str | Path, split: str):

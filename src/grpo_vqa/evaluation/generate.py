@@ -51,25 +51,57 @@ def strip_special(text: str, processor) -> str:
     return text.replace(end, "").strip()
 
 
-def score_record(item: dict, response: str) -> dict:
-    """One evaluated item: parsed answer, correctness (the task's accuracy reward) and format."""
+def score_record(
+    item: dict, response: str, correctness: dict | None = None, answer_without_tags: bool = False
+) -> dict:
+    """One evaluated item: parsed answer, correctness (the task's accuracy reward) and format.
+
+    ``correctness`` maps a task to the reward that decides it (``evaluation.correctness``; unset tasks use
+    :data:`CORRECTNESS_REWARD`, else ``accuracy``). With ``answer_without_tags`` a response without an
+    ``<answer>`` tag is itself the answer (a model trained on bare answers, ``sft.target: answer``)."""
     task = item.get("task") or "relation"
-    (accuracy,) = get_reward_funcs([CORRECTNESS_REWARD.get(task, "accuracy")])
+    name = (correctness or {}).get(task) or CORRECTNESS_REWARD.get(task, "accuracy")
+    (accuracy,) = get_reward_funcs([name])
+    answer = extract_answer(response)
+    scored = response
+    if answer is None and answer_without_tags:
+        answer = response.strip()
+        scored = f"<answer>{answer}</answer>"
     rec = {
         "id": item["id"],
         "task": task,
         "question": item["problem"],
         "response": response,
         "reasoning": extract_think(response) or "",
-        "parsed_answer": extract_answer(response),
+        "parsed_answer": answer,
         "solution": item["solution"],
-        "correct": bool(accuracy([response], solution=[item["solution"]])[0] == 1.0),
+        "correct": bool(accuracy([scored], solution=[item["solution"]])[0] == 1.0),
         "format_ok": bool(format_ok(response)),
     }
     for key in EXTRA_FIELDS:
         if key in item and item[key] is not None:
             rec[key] = item[key]
     return rec
+
+
+def next_token_batch(model, processor, images, problems, system_prompt, labels: list[str]) -> list[str]:
+    """For each prompt, the label (e.g. ``True`` / ``False``) whose first token is the more probable next
+    token after the prompt (the study's scoring of direct-answer soft prompts; no generation)."""
+    import torch
+
+    tok = processor.tokenizer
+    ids = [tok.encode(label, add_special_tokens=False)[0] for label in labels]
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"labels {labels} share their first token; next-token scoring cannot tell them apart"
+        )
+    texts = chat_prompts(processor, problems, system_prompt)
+    inputs = processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
+    inputs = inputs.to(model.device)
+    with torch.inference_mode():
+        logits = model(**inputs).logits[:, -1, :]  # left padding: the last position is the next token
+    choice = logits[:, ids].argmax(-1).tolist()
+    return [labels[i] for i in choice]
 
 
 def evaluate_split(
@@ -82,8 +114,14 @@ def evaluate_split(
     batch_size: int,
     blank: bool = False,
     desc: str = "eval",
+    correctness: dict | None = None,
+    answer_without_tags: bool = False,
+    next_token_labels: list[str] | None = None,
 ) -> list[dict]:
-    """Generate for every item of ``ds`` not already in ``cache_path``; return records in dataset order."""
+    """Generate for every item of ``ds`` not already in ``cache_path``; return records in dataset order.
+
+    With ``next_token_labels`` nothing is generated: each response is the label whose first token the model
+    finds more probable right after the prompt (and is scored as a bare answer)."""
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
@@ -105,11 +143,18 @@ def evaluate_split(
             images = [load_image(r["image_path"]) for r in batch]
             if blank:
                 images = [blank_like(im) for im in images]
-            outs = generate_batch(
-                model, processor, images, [r["problem"] for r in batch], system_prompt, max_new_tokens
-            )
+            problems = [r["problem"] for r in batch]
+            if next_token_labels:
+                outs = next_token_batch(model, processor, images, problems, system_prompt, next_token_labels)
+            else:
+                outs = generate_batch(model, processor, images, problems, system_prompt, max_new_tokens)
             for r, text in zip(batch, outs, strict=True):
-                rec = score_record(r, strip_special(text, processor))
+                rec = score_record(
+                    r,
+                    strip_special(text, processor),
+                    correctness,
+                    answer_without_tags or bool(next_token_labels),
+                )
                 done[rec["id"]] = rec
                 fh.write(json.dumps(rec) + "\n")
             fh.flush()

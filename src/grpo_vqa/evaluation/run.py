@@ -17,12 +17,16 @@ def model_fingerprint(model_path: str, cfg: dict) -> str:
 
 
 def load_eval_model(model_path: str, dtype: str = "float32"):
-    """A model directory or hub id, or a soft-prompt adapter directory (loaded onto its frozen base model)."""
+    """A model directory or hub id, a soft-prompt adapter directory (loaded onto its frozen base model), or a
+    LoRA adapter directory (merged into its base model in memory, as rule merge_lora would on disk)."""
     from ..models.loading import load_model
     from ..models.soft_prompt import is_prompt_adapter, load_prompt_adapter
+    from ..training.merge import is_lora_adapter, merged_model
 
     if is_prompt_adapter(model_path):
         return load_prompt_adapter(model_path, dtype=dtype)
+    if is_lora_adapter(model_path):
+        return merged_model(model_path, dtype=dtype)
     return load_model(model_path, dtype=dtype)
 
 
@@ -70,6 +74,9 @@ def evaluate_model(
             int(cfg["batch_size"]),
             blank=blank,
             desc=f"eval {name}",
+            correctness=cfg.get("correctness"),
+            answer_without_tags=bool(cfg.get("answer_without_tags", False)),
+            next_token_labels=cfg.get("next_token_labels"),
         )
         atomic_write_json(out_dir / f"generated_responses_{name}.json", records)
         scores["splits"][name] = split_scores(records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from ..parsing import reasoning_length
@@ -22,11 +23,58 @@ def _group(records: list[dict], key: str) -> dict[str, dict]:
     }
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
+    """The Wilson score interval (95 % by default) of a proportion, in percent; [0, 0] for no items."""
+    if n == 0:
+        return [0.0, 0.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(100.0 * max(0.0, centre - half), 4), round(100.0 * min(1.0, centre + half), 4)]
+
+
+#: The predicted label of a record whose answer is none of the gold labels (no answer, or another word).
+INVALID = "<invalid>"
+
+
+def predicted_label(record: dict, labels: set[str]) -> str:
+    """The label a record predicts: its gold label when correct, else its parsed answer when that is another
+    gold label, else :data:`INVALID` (so correctness and the confusion matrix agree)."""
+    if record["correct"]:
+        return str(record["solution"]).strip()
+    answer = record.get("parsed_answer")
+    answer = answer.strip() if isinstance(answer, str) else None
+    return answer if answer in labels and answer != str(record["solution"]).strip() else INVALID
+
+
+def weighted_prf(records: list[dict]) -> dict[str, float]:
+    """Precision, recall and F1 per gold label, averaged with the labels' support as weights (as
+    scikit-learn's ``average="weighted"``; a label never predicted has precision 0), in percent."""
+    gold = [str(r["solution"]).strip() for r in records]
+    labels = set(gold)
+    pred = [predicted_label(r, labels) for r in records]
+    total = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    for label in sorted(labels):
+        tp = sum(g == label and p == label for g, p in zip(gold, pred, strict=True))
+        support = gold.count(label)
+        predicted = pred.count(label)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        for key, value in (("precision", precision), ("recall", recall), ("f1", f1)):
+            total[key] += value * support
+    n = max(1, len(gold))
+    return {k: round(100.0 * v / n, 4) for k, v in total.items()}
+
+
 def split_scores(records: list[dict]) -> dict:
     """Summary of one split (percentages, 0–100)."""
+    correct = sum(bool(r["correct"]) for r in records)
     out = {
         "n": len(records),
         "accuracy": _rate([r["correct"] for r in records]),
+        "accuracy_ci95": wilson_interval(correct, len(records)),
+        "weighted": weighted_prf(records),
         "format": _rate([r["format_ok"] for r in records]),
         "answered": _rate([r["parsed_answer"] is not None for r in records]),
         "mean_reasoning_words": round(

@@ -33,6 +33,8 @@ DEFAULTS = {
     "backoff_s": 1.0,
     "backoff_max_s": 60.0,
     "max_failed_fraction": 0.0,
+    # what the judge reads as the question: the prompt the model saw, or the item's caption (the study's claim)
+    "claim": "question",
 }
 FINAL_STATUSES = ("ok", "unparseable")
 
@@ -187,6 +189,13 @@ def _cache_record(item: dict, key: str, prompt: Prompt, backend, out: Outcome) -
     }
 
 
+def with_caption_claim(item: dict, where: str | Path) -> dict:
+    """The response with its caption as the question the judge reads (``judge.claim: caption``)."""
+    if not item.get("caption"):
+        raise ValueError(f"{where}: response {item.get('id')!r} has no caption (judge.claim: caption)")
+    return {**item, "question": item["caption"]}
+
+
 def judge_file(
     responses_path: str | Path,
     output_path: str | Path,
@@ -214,6 +223,10 @@ def judge_file(
     limit = cfg.get("max_items_per_split")
     if limit is not None:
         items = items[: int(limit)]
+    if cfg["claim"] == "caption":
+        items = [with_caption_claim(it, responses_path) for it in items]
+    elif cfg["claim"] != "question":
+        raise ValueError(f"config key judge.claim: {cfg['claim']!r} not in {{question, caption}}")
     ids = [str(it["id"]) for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{responses_path}: duplicate response ids")

@@ -25,22 +25,45 @@ TRAINED = ("sft", "grpo")
 STUDY_BIAS = {"unbiased": (82.0, 84.8), "biased": (84.6, 82.3), "strongly biased": (79.9, 80.7)}
 
 
+def _dataset(config: dict, exp: str) -> tuple[str, dict]:
+    name = config["experiments"][exp]["dataset"]
+    return name, config["datasets"][name]
+
+
+def probe(config: dict, exp: str) -> dict | None:
+    """The relation-only probe of a minority-undersampled training set (``bias_keep_ratio``; the train
+    manifest's ``bias_probe``), else None."""
+    name, ds = _dataset(config, exp)
+    if ds.get("bias_keep_ratio") is None:
+        return None
+    manifest = fam.read_all({name: f"results/data/{name}/manifest.json"})[name]
+    return manifest["splits"]["train"]["bias_probe"]
+
+
 def bias_level(config: dict, exp: str) -> float:
-    """P(caption true | text prior "True") in the experiment's training set (0.5 when unset)."""
-    return float(config["datasets"][config["experiments"][exp]["dataset"]].get("bias", 0.5))
+    """The training set's bias: the held-out accuracy (%) of the relation-only probe for a
+    minority-undersampled set (``bias_keep_ratio``); else P(caption true | text prior "True") (0.5 unset)."""
+    found = probe(config, exp)
+    if found is not None:
+        return float("nan") if found["accuracy"] is None else float(found["accuracy"])
+    return float(_dataset(config, exp)[1].get("bias", 0.5))
 
 
-def text_reliance(records: list[dict]) -> dict[str, float | None]:
+def text_reliance(records: list[dict], majority: dict[str, str] | None = None) -> dict[str, float | None]:
     """Accuracy on bias-consistent / -inconsistent items and agreement (%) with the text prior.
 
-    An item is bias-consistent when its solution equals :func:`text_prior` of its relation word. Agreement is
-    the share of all items whose parsed answer is the prior (no parseable answer: no agreement).
+    An item is bias-consistent when its solution equals the text prior of its relation word: the word's
+    majority label in the training set (``majority``; a word it never saw has no prior and is left out), else
+    :func:`text_prior`. Agreement is the share of items whose parsed answer is the prior (no parseable
+    answer: no agreement).
     """
     consistent, inconsistent, agree = [], [], []
     for r in records:
         if "relation" not in r:
             raise ValueError(f"response {r.get('id')!r} has no relation field (not a relation item)")
-        prior = text_prior(str(r["relation"]))
+        if majority is not None and str(r["relation"]) not in majority:
+            continue
+        prior = majority[str(r["relation"])] if majority is not None else text_prior(str(r["relation"]))
         (consistent if str(r["solution"]) == prior else inconsistent).append(bool(r["correct"]))
         answer = r.get("parsed_answer")
         if answer is None:
@@ -55,9 +78,14 @@ def text_reliance(records: list[dict]) -> dict[str, float | None]:
 
 def inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = fam.experiments_of(config, NAME, table_cfg)
-    return [fam.scores_path(e, s) for e in exps for s in TRAINED] + [
-        fam.responses_path(e, s) for e in exps for s in TRAINED
-    ]
+    probed = sorted(
+        {_dataset(config, e)[0] for e in exps if _dataset(config, e)[1].get("bias_keep_ratio") is not None}
+    )
+    return (
+        [fam.scores_path(e, s) for e in exps for s in TRAINED]
+        + [fam.responses_path(e, s) for e in exps for s in TRAINED]
+        + [f"results/data/{name}" for name in probed]
+    )
 
 
 def bias_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> pd.DataFrame:
@@ -66,7 +94,8 @@ def bias_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> 
         model_cfg = config["models"][config["experiments"][exp]["model"]]
         for stage in TRAINED:
             s = scores[(exp, stage)]
-            rel = text_reliance(responses[(exp, stage)])
+            found = probe(config, exp)
+            rel = text_reliance(responses[(exp, stage)], found["majority"] if found else None)
             gap = None
             if rel["consistent"] is not None and rel["inconsistent"] is not None:
                 gap = rel["consistent"] - rel["inconsistent"]
@@ -98,8 +127,10 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
         out_md,
         "Text bias: accuracy (%) on the unbiased test split after training on biased relation sets",
         notes=[
-            "train bias: P(caption true) for relation words whose text prior is True (1 − it for the others); "
-            "0.5 is unbiased. The test split is always unbiased.",
+            "train bias: for sets with some of each relation's minority label dropped, the held-out accuracy "
+            "(%) of a relation-only logistic-regression probe on the training items (the study names its sets "
+            "by it: about 63 plain, 69 and 99.7); otherwise P(caption true) for relation words whose text prior "
+            "is True (0.5 is unbiased). The test split is always unbiased.",
             "blank-image: the test split with grey images (chance 50 %); bias-(in)consistent: test items whose "
             "answer the relation word's prior gets right (wrong); agreement: answers equal to that prior.",
             f"The study (VSR test, SFT / GRPO): {study}.",

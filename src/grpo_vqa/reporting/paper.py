@@ -23,17 +23,20 @@ from .tables import append_note, load_scores, vsr_main_frame, vsr_main_seeds_fra
 
 #: The study's reported VSR accuracies (%), by model architecture and (stage, split), drawn beside ours in
 #: ``results/figures/vsr_main/vs_study.png``. Source: ../shared/reference/study-facts.md, "The study's
-#: reported numbers" (the study's project page; its stored scores.json differs for SFT: 84.12 vs 80.24 and
-#: GRPO val: 86.47 vs 86.18). Zero-shot is reported without a split; we draw it as test.
+#: reported numbers". Qwen's zero-shot and GRPO values are fractions of 340 items, so the dev split (our val):
+#: 70.59 = 240/340, 86.18 = 293/340 (a second GRPO figure, 83.53 = 284/340, is listed in the table's notes);
+#: SmolVLM's 67.59 = 826/1,222 is the test split. Qwen's SFT 80.24 is a fraction of neither split size (its
+#: split is not known), so it is only listed in the notes.
 STUDY_VSR_REFERENCE: dict[str, dict[tuple[str, str], float]] = {
-    "qwen2_5_vl": {  # Qwen2.5-VL-3B-Instruct
-        ("base", "test"): 70.59,
-        ("sft", "test"): 80.24,
-        ("grpo", "val"): 86.18,
-        ("grpo", "test"): 83.53,
-    },
+    "qwen2_5_vl": {("base", "val"): 70.59, ("grpo", "val"): 86.18},  # Qwen2.5-VL-3B-Instruct
     "idefics3": {("sft", "test"): 67.59},  # SmolVLM-500M-Instruct
 }
+#: Every reported VSR value with its split and source, for the table's notes.
+STUDY_VSR_NOTES = (
+    "The study (VSR zeroshot): Qwen2.5-VL-3B zero-shot 70.59 (dev, 240/340), SFT 80.24 (split not known; the "
+    "stored scores.json says 84.12), GRPO 86.18 and 83.53 (both dev, 293/340 and 284/340; the project page "
+    "says 86.47); SmolVLM-500M SFT 67.59 (test, 826/1,222)."
+)
 SETTING_LABELS = {"base": "zero-shot", "sft": "SFT", "grpo": "GRPO"}
 
 
@@ -44,6 +47,7 @@ def build_vsr_main(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> 
     notes = [
         "val/test: held-out splits; format: share of responses matching <think>…</think><answer>…</answer>.",
         "blank image: the test split with every image replaced by grey — chance is 50 %.",
+        STUDY_VSR_NOTES,
     ]
     seeds = seed_list(config)
     seed_paths = vsr_main_seed_scores(exps, seeds)

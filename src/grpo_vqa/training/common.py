@@ -43,9 +43,14 @@ def shared_trainer_kwargs(
     stage = "grpo" if "num_generations" in cfg else "sft"
     check_world_size(cfg.get("launch"), f"{stage}.launch")
 
+    # fp16 mixed precision (the study's) is a GPU setting: on CPUs the model runs in its weights' dtype
+    fp16 = bool(cfg.get("fp16", False)) and torch.cuda.is_available()
+    epochs = {"num_train_epochs": float(cfg["num_train_epochs"])} if "num_train_epochs" in cfg else {}
     return {
         "output_dir": str(ckpt_dir),
+        # TRL's meaning: max_steps -1 trains num_train_epochs epochs; a positive max_steps wins over epochs
         "max_steps": int(cfg["max_steps"]),
+        **epochs,
         "learning_rate": float(cfg["learning_rate"]),
         "per_device_train_batch_size": per_device_batch_size(cfg, stage),
         "gradient_accumulation_steps": int(cfg.get("grad_accum", 1)),
@@ -54,7 +59,8 @@ def shared_trainer_kwargs(
         "report_to": report_to(log_dir, logging_cfg),
         "seed": seed,
         "data_seed": seed,
-        "bf16": dtype == "bfloat16",  # TRL defaults to bf16, which is very slow on CPUs without AMX
+        "bf16": dtype == "bfloat16" and not fp16,  # TRL defaults to bf16, very slow on CPUs without AMX
+        **({"fp16": True} if fp16 else {}),
         "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False)),
         "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": 0,
@@ -90,8 +96,13 @@ def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
     return messages
 
 
-def target_text(reasoning: str, solution: str) -> str:
-    """The SFT target in the study's format."""
+def target_text(reasoning: str, solution: str, target: str = "think_answer") -> str:
+    """The SFT target: ``think_answer`` is ``<think>reasoning</think><answer>solution</answer>``; ``answer`` the
+    bare solution (the study's VSR SFT baseline is trained to answer ``True`` / ``False``)."""
+    if target == "answer":
+        return str(solution)
+    if target != "think_answer":
+        raise ValueError(f"SFT target {target!r}: expected think_answer or answer")
     return f"<think>{reasoning}</think><answer>{solution}</answer>"
 
 
@@ -110,20 +121,33 @@ def with_images(ds, blank: bool = False):
     return datasets.Dataset.from_dict(ds.to_dict() | {"image": images}, features=features)
 
 
+#: ``lora.targets: all-linear``: every linear layer of the language model (what VLM-R1 does without a list).
+ALL_LINEAR = "all-linear"
+#: Module paths LoRA never touches: the vision tower (Qwen2.5-VL ``visual``, Idefics3 ``vision_model``) and
+#: the vision-to-text connector (Qwen's ``merger`` lives in ``visual``; Idefics3's is ``connector``).
+VISION_MODULES = r".*(visual|vision|connector|merger).*"
+
+
 def lora_config(cfg: dict, task_type: str = "CAUSAL_LM"):
     """A PEFT LoraConfig from ``{r, alpha, dropout, targets}``.
 
     Targets are matched in the language model only (any module path without ``visual``/``vision``), so the
-    vision tower stays frozen, as in the study.
+    vision tower stays frozen, as in the study. ``targets: all-linear`` takes every linear layer of the
+    language model but the output layer.
     """
     from peft import LoraConfig
 
-    targets = "|".join(cfg["targets"])
+    if cfg["targets"] == ALL_LINEAR:
+        # PEFT's "all-linear" (every nn.Linear but the output layer), less the vision tower and the connector
+        where = {"target_modules": ALL_LINEAR, "exclude_modules": VISION_MODULES}
+    else:
+        targets = "|".join(cfg["targets"])
+        where = {"target_modules": rf"^(?!.*(visual|vision)).*\.({targets})$"}
     return LoraConfig(
         r=int(cfg["r"]),
         lora_alpha=int(cfg["alpha"]),
         lora_dropout=float(cfg.get("dropout", 0.0)),
-        target_modules=rf"^(?!.*(visual|vision)).*\.({targets})$",
+        **where,
         task_type=task_type,
         # e.g. [embed_tokens, lm_head]: words a tiny warm-started model never produced get usable rows
         modules_to_save=cfg.get("modules_to_save") or None,
@@ -228,7 +252,7 @@ def train_resume_save(
         print(f"[{name}] resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
     if resume is not None and on_resume is not None:
         on_resume(resume)
-    if resume is not None and int(resume.name.split("-")[-1]) >= trainer.args.max_steps:
+    if resume is not None and 0 < trainer.args.max_steps <= int(resume.name.split("-")[-1]):
         # Killed after the last checkpoint but before the output was written: training is finished. Resuming
         # through train() would run one extra step, so load the final checkpoint's weights and state instead.
         from transformers import TrainerState

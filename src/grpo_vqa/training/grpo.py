@@ -53,7 +53,7 @@ def grpo_args(
         beta=float(cfg.get("beta", 0.0)),
         loss_type=cfg.get("loss_type", "dapo"),
         reward_weights=cfg.get("reward_weights"),
-        lr_scheduler_type="constant",
+        lr_scheduler_type=cfg.get("lr_scheduler", "constant"),
         logging_steps=1,
         save_steps=int(cfg.get("save_steps", 20)),
         remove_unused_columns=False,

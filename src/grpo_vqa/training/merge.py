@@ -15,14 +15,30 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return cfg["base_model_name_or_path"]
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+def is_lora_adapter(path: str | Path) -> bool:
+    """An adapter-only directory holding a LoRA adapter (not a full model, not a soft prompt)."""
+    d = Path(path)
+    if not (d / "adapter_config.json").is_file() or (d / "config.json").is_file():
+        return False
+    return json.loads((d / "adapter_config.json").read_text()).get("peft_type") == "LORA"
+
+
+def merged_model(adapter_dir: str | Path, dtype: str = "float32"):
+    """The base model with the LoRA adapter merged in (``merge_and_unload``), in memory: the weights
+    :func:`merge_adapter` writes, so evaluating it gives what evaluating the saved merged model gives."""
     from peft import PeftModel
 
-    from ..models.loading import load_model, load_processor
+    from ..models.loading import load_model
+
+    base = load_model(adapter_base(adapter_dir), dtype=dtype)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    from ..models.loading import load_processor
 
     adapter_dir = Path(adapter_dir)
-    base = load_model(adapter_base(adapter_dir), dtype=dtype)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = merged_model(adapter_dir, dtype=dtype)
     tmp = Path(str(out_dir) + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

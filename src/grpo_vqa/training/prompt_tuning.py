@@ -24,21 +24,53 @@ from .sft import sft_args, sft_rows
 TARGETS = ("direct", "reason")
 #: Default text the virtual tokens start from (``init: text``): task-neutral words.
 DEFAULT_INIT_TEXT = "Look at the image and answer the question."
+#: What each recipe trains the prompt to produce unless its ``completion`` says otherwise.
+DEFAULT_COMPLETION = {"direct": "tagged", "reason": "think_answer"}
+#: ``completion`` values: ``<answer>X</answer>``; the bare answer; the SFT target with the item's reasoning;
+#: the GRPO model's own responses to the training prompts (distillation; rule prompt_tune reads them).
+COMPLETIONS = ("tagged", "answer", "think_answer", "grpo_responses")
 
 
-def completion_for(target: str, reasoning: str, solution: str) -> str:
-    """The text a soft prompt is trained to produce for one item."""
-    if target == "direct":
+def completion_kind(target: str, cfg: dict) -> str:
+    """The ``completion`` a recipe trains on (its config's, else the target's default)."""
+    if target not in TARGETS:
+        raise ValueError(f"prompt tuning target {target!r}: expected one of {', '.join(TARGETS)}")
+    kind = cfg.get("completion") or DEFAULT_COMPLETION[target]
+    if kind not in COMPLETIONS:
+        raise ValueError(
+            f"config key prompt_tuning.{target}.completion: {kind!r} not in {', '.join(COMPLETIONS)}"
+        )
+    return kind
+
+
+def completion_for(kind: str, reasoning: str, solution: str) -> str:
+    """The text a soft prompt is trained to produce for one item (not for ``grpo_responses``)."""
+    if kind == "tagged":
         return f"<answer>{solution}</answer>"
-    if target == "reason":
+    if kind == "answer":
+        return str(solution)
+    if kind == "think_answer":
         return target_text(reasoning, solution)
-    raise ValueError(f"prompt tuning target {target!r}: expected one of {', '.join(TARGETS)}")
+    raise ValueError(f"prompt tuning completion {kind!r}: expected tagged, answer or think_answer")
 
 
-def prompt_tuning_rows(ds, system_prompt: str | None, target: str):
-    """Prompt-completion rows (plus ``image``) whose completion is the ``target`` form of each item."""
-    completion_for(target, "", "")  # reject an unknown target before touching the data
-    ds = ds.map(lambda ex: {"pt_completion": completion_for(target, ex["reasoning"], ex["solution"])})
+def prompt_tuning_rows(ds, system_prompt: str | None, target: str, cfg: dict | None = None, responses=None):
+    """Prompt-completion rows (plus ``image``) whose completion is the recipe's form of each item.
+
+    With ``completion: grpo_responses`` the completion is the GRPO model's response to the item (the
+    ``response`` of its record in ``responses``, a generated-responses list); items without one are left
+    out, and an empty join is an error."""
+    kind = completion_kind(target, cfg or {})
+    if kind == "grpo_responses":
+        if not responses:
+            raise ValueError("prompt tuning on grpo_responses: no generated responses were given")
+        by_id = {str(r["id"]): str(r["response"]) for r in responses}
+        ds = ds.filter(lambda ex: str(ex["id"]) in by_id)
+        if len(ds) == 0:
+            raise ValueError("prompt tuning on grpo_responses: no training item has a generated response")
+        ds = ds.map(lambda ex: {"pt_completion": by_id[str(ex["id"])]})
+    else:
+        ds = ds.map(lambda ex: {"pt_completion": completion_for(kind, ex["reasoning"], ex["solution"])})
     return sft_rows(ds, system_prompt, completion_field="pt_completion")
 
 

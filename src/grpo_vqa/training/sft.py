@@ -22,15 +22,21 @@ from .common import (
 from .progress import LogProgress
 
 
-def sft_rows(ds, system_prompt: str | None, completion_field: str | None = None):
+def sft_rows(
+    ds, system_prompt: str | None, completion_field: str | None = None, target: str = "think_answer"
+):
     """Prompt-completion conversational rows (plus ``image``) from a task split.
 
-    The completion is ``<think>reasoning</think><answer>solution</answer>``, or the raw ``completion_field``
-    column when given (captioning warm start, direct-answer prompt tuning).
+    The completion is :func:`~grpo_vqa.training.common.target_text` of ``target`` (``think_answer``:
+    ``<think>reasoning</think><answer>solution</answer>``; ``answer``: the bare solution), or the raw
+    ``completion_field`` column when given (captioning warm start, prompt tuning).
     """
+    target_text("", "", target)  # reject an unknown target before touching the data
 
     def to_row(ex):
-        text = ex[completion_field] if completion_field else target_text(ex["reasoning"], ex["solution"])
+        text = (
+            ex[completion_field] if completion_field else target_text(ex["reasoning"], ex["solution"], target)
+        )
         return {
             "prompt": prompt_messages(ex["problem"], system_prompt),
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}],
@@ -51,7 +57,7 @@ def sft_args(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: d
         warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
         max_length=None,  # a length limit could cut image tokens
         completion_only_loss=True,
-        logging_steps=max(1, int(cfg["max_steps"]) // 25),
+        logging_steps=max(1, int(cfg["max_steps"]) // 25),  # every step when max_steps is -1 (epochs)
         save_steps=int(cfg.get("save_steps", 50)),
     )
 

@@ -366,6 +366,41 @@ def biased_subset(name: str, pending: list[Pending], cfg: dict, seed: int) -> li
         raise DataError(f"{name} config: {exc}") from None
 
 
+def ids_subset(name: str, pending: list[Pending], ids_file: str) -> list[int]:
+    """Indices of the items listed in ``ids_file`` (a JSON list of ids a build wrote to ``ids/<split>.json``):
+    a saved draw reused. An id that the split does not hold is an error."""
+    wanted = read_json(Path(ids_file), name)
+    if not isinstance(wanted, list):
+        raise DataError(f"{name} config: ids file {ids_file} is not a JSON list of ids")
+    index = {p.item["id"]: i for i, p in enumerate(pending)}
+    missing = [i for i in wanted if i not in index]
+    if missing:
+        raise DataError(
+            f"{name} config: ids file {ids_file} names {len(missing)} unknown id(s), e.g. {missing[0]!r}"
+        )
+    return sorted(index[i] for i in wanted)
+
+
+def minority_undersampled(name: str, pending: list[Pending], keep_ratio: float, seed: int) -> list[int]:
+    """Indices of relation items where, per relation, only ``keep_ratio`` of the minority label's items are
+    kept (a seeded draw; ties count label 0 as the minority), so the relation word predicts the label. Items
+    keep their original order."""
+    if not 0.0 <= keep_ratio <= 1.0:
+        raise DataError(f"{name} config: bias_keep_ratio {keep_ratio} not in [0, 1]")
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, p in enumerate(pending):
+        if "relation" not in p.item or "label" not in p.item:
+            raise DataError(f"{p.where}: bias_keep_ratio needs relation items (a relation and a label)")
+        groups.setdefault((str(p.item["relation"]), int(p.item["label"])), []).append(i)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for rel in sorted({r for r, _ in groups}):
+        false, true = groups.get((rel, 0), []), groups.get((rel, 1), [])
+        minority, majority = (true, false) if len(true) < len(false) else (false, true)
+        keep += majority + rng.sample(minority, round(keep_ratio * len(minority)))
+    return sorted(keep)
+
+
 def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed: int) -> list[dict]:
     """Check ids are unique, draw the seeded subset, resolve images and check they exist and decode.
 
@@ -380,7 +415,14 @@ def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed
             )
     image_dir = Path(image_dir)
     items = []
-    selected = seeded_subset(len(pending), check_limit(name, cfg), seed)
+    pool = list(range(len(pending)))
+    if cfg.get("ids"):
+        pool = ids_subset(name, pending, cfg["ids"])
+    elif cfg.get("bias_keep_ratio") is not None:
+        pool = minority_undersampled(name, pending, float(cfg["bias_keep_ratio"]), seed)
+    selected = [pool[i] for i in seeded_subset(len(pool), check_limit(name, cfg), seed)]
+    if cfg.get("ids"):
+        selected = pool
     if cfg.get("bias") is not None:
         selected = biased_subset(name, pending, cfg, seed)
     quality = _QUALITY.get()
