@@ -77,9 +77,8 @@ def train_params(exp, stage, recipe=None):
     ``recipe``: a prompt-tuning recipe (direct, reason) whose own subsection is laid over the section."""
     return as_json(
         {
-        evaluation_config(config, exp)
-        | {"seed": SEED_OF["experiments"][exp], "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
-        | extra
+            stage: prompt_tuning_recipe(config, exp, recipe) if recipe else stage_config(config, exp, stage),
+            "seed": SEED_OF["experiments"][exp],
             "system_prompt": config.get("system_prompt"),
             "dtype": model_dtype(exp),
             "logging": config.get("logging"),
@@ -95,7 +94,11 @@ def eval_params(exp, stage=None):
         extra["next_token_labels"] = prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"]
     return as_json(
         evaluation_config(config, exp)
-        | {"seed": SEED_OF["experiments"][exp], "system_prompt": config.get("system_prompt"), "dtype": model_dtype(exp)}
+        | {
+            "seed": SEED_OF["experiments"][exp],
+            "system_prompt": config.get("system_prompt"),
+            "dtype": model_dtype(exp),
+        }
         | extra
     )
 
