@@ -3,7 +3,7 @@
 A fixture that stores an image as a path into the temporary folder of the machine that generated it passes
 there and fails everywhere else (it happened: the mm_open_r1 parquet). This scan reads every fixture file —
 JSON, JSON Lines and parquet cell by cell, anything else byte by byte — and fails on any absolute path, on an
-embedded image without bytes, and on an image file name that no file in the fixture's dataset folder has.
+embedded image without bytes, and on an image file name that no file of the fixture's group (tests/fixtures/<group>) has.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ def records(path: Path) -> list:
     raise ValueError(path)
 
 
-def dataset_root(path: Path) -> Path:
-    """The folder of the fixture's dataset (tests/fixtures/<group>/<dataset>), where its images live."""
+def fixture_group(path: Path) -> Path:
+    """The fixture's group folder (tests/fixtures/<group>), where its images live (a dataset's fixture may
+    reuse another's images, e.g. vsr_zeroshot the COCO files of vsr)."""
     rel = path.relative_to(FIXTURES).parts
-    return FIXTURES.joinpath(*rel[:2]) if len(rel) > 2 else path.parent
+    return FIXTURES / rel[0] if len(rel) > 1 else path.parent
 
 
 def problems_in(path: Path) -> list[str]:
@@ -58,13 +59,13 @@ def problems_in(path: Path) -> list[str]:
     found = []
     if path.suffix in (".json", ".jsonl", ".parquet"):
         rows = records(path)
-        available = {p.name for p in dataset_root(path).rglob("*") if p.is_file()}
+        available = {p.name for p in fixture_group(path).rglob("*") if p.is_file()}
         for row in rows:
             for s in strings_in(row):
                 if ABSOLUTE.match(s):
                     found.append(f"absolute path {s!r}")
                 elif IMAGE_NAME.match(s) and "://" not in s and Path(s).name not in available:
-                    found.append(f"image {s!r} is referenced but no such file is in {dataset_root(path)}")
+                    found.append(f"image {s!r} is referenced but no such file is in {fixture_group(path)}")
         if path.suffix == ".parquet":
             for i, row in enumerate(rows):
                 for col, v in row.items():

@@ -131,9 +131,9 @@ def model_input(exp, stage):
 
 
 def eval_model_input(exp, stage):
-    """The model rule evaluate loads: model_input's, but with ``evaluation.from_adapter`` a trained stage is its
-    LoRA adapter (evaluate.py merges it into its base in memory: the weights merge_lora saves), so merge_lora
-    runs only where a later stage trains from the merged model."""
+    """The model that the evaluate rule loads. As model_input, but with ``evaluation.from_adapter`` a trained
+    stage is its LoRA adapter (evaluate.py merges it into its base in memory, the weights merge_lora saves), so
+    merge_lora runs only where a later stage trains from the merged model."""
     if stage in ("sft", "grpo") and config["evaluation"].get("from_adapter"):
         owner = sft_source(config, exp) if stage == "sft" else exp
         return f"results/runs/{owner}/{stage}/adapter"
