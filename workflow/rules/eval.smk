@@ -22,9 +22,10 @@ rule evaluate:
         "results/benchmarks/evaluate/{exp}-{stage}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: THREADS
+    threads: exp_threads
     resources:
-        runtime=lambda w, attempt: (240 if is_gpu_model(w.exp) else 30) * attempt,
+        slurm_partition=exp_partition,
+        runtime=lambda w, attempt: capped_runtime((240 if is_gpu_model(w.exp) else 30) * attempt),
         mem_mb=train_mem,
         gpu=train_gpu,
     shell:
