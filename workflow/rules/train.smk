@@ -56,6 +56,8 @@ rule merge_lora:
         runtime=lambda w, attempt: capped_runtime((60 if is_gpu_model(w.exp) else 30) * attempt),
         mem_mb=train_mem,
         gpu=train_gpu,
+        # not the profile's "threads": Snakemake caps threads at the cores it sees where it runs
+        cpus_per_task=exp_threads,
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --adapter {input}"
         " --out {output} > {log} 2>&1"
@@ -124,6 +126,8 @@ rule prompt_tune:
         runtime=train_runtime,
         mem_mb=train_mem,
         gpu=train_gpu,
+        # not the profile's "threads": Snakemake caps threads at the cores it sees where it runs
+        cpus_per_task=exp_threads,
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --target {params.target} --out {output} --ckpt {params.ckpt}"
