@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import zlib
 from pathlib import Path
 
 from .config import ConfigError
+from .training.common import WALLTIME_SIGNAL
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "config" / "accelerate"
 DEFAULT_LAUNCH = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
@@ -200,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print("[launch] " + shlex.join(cmd), file=sys.stderr, flush=True)
+    # Hold the walltime warning until the trainer handles it: a blocked signal stays blocked through exec
+    # (and in the ranks accelerate starts) and stays pending, so one that SLURM sends while the script is
+    # still importing or loading its model is delivered when the trainer unblocks it, not lost (ignored).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {WALLTIME_SIGNAL})
     os.execve(cmd[0], cmd, launch_env(json.loads(args.launch_json), dict(os.environ)))
 
 

@@ -244,6 +244,9 @@ def make_walltime_callback():
             self.requested = False
             self.stopped_at = None
             signal.signal(WALLTIME_SIGNAL, self._on_signal)
+            # grpo_vqa.launch blocks the signal before starting the script: one sent since then (during
+            # start-up) is delivered now, and training stops after its first step
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {WALLTIME_SIGNAL})
 
         def _on_signal(self, signum, frame):
             self.requested = True
