@@ -123,7 +123,8 @@ def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(
     assert limits[killed] == ("3" if signal else "1") and int(limits[retried]) > 3, limits
     warned = WALLTIME_LINE.search(log)  # show-failed-logs prints the failed attempt's log
     if signal:
-        assert records[killed]["ExitCode"] == "75:0", records[killed]
+        # the trainer exited with 75 (the job's own exit code is that of Snakemake in its batch script: 1)
+        assert "returned non-zero exit status 75." in log, log[-3000:]
         assert warned, "no walltime-warning checkpoint in the failed attempt's log:\n" + log[-3000:]
     else:
         assert not warned

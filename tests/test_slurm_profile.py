@@ -6,7 +6,9 @@
   `software-deployment-method: conda`, as no conda is installed here) gives each job the sbatch request it
   needs: GPU, GPU partition and 8 CPUs per process only for pretrained models, at most 12 h per attempt (3
   attempts), the walltime signal; internet work (downloads, judge API) runs as local rules.
-  The table of requests is printed (`pytest -s`). No SLURM needed: a dry run submits nothing.
+  The request is the sbatch command line the SLURM executor plugin itself builds from each job's resources
+  (its get_submit_command and set_gres_string); the table of them is printed (`pytest -s`). No SLURM
+  needed: a dry run submits nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -120,17 +124,62 @@ def dry_run_jobs(out: str) -> list[dict]:
     return jobs
 
 
+class _Resources(dict):
+    """A job's resources as the plugin reads them (``job.resources.get(k)`` and ``job.resources.k``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError as exc:
+            raise AttributeError(key) from exc
+
+
+def plugin_sbatch_call(res: dict) -> str:
+    """The sbatch command line snakemake-executor-plugin-slurm 2.8 submits for a job with these resources (its own
+    get_submit_command + set_gres_string, as in its run_job; the partition as its get_partition_arg gives it)."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    typed = _Resources({k: int(v) if re.fullmatch(r"-?\d+", v) else v for k, v in res.items()})
+    job = SimpleNamespace(resources=typed, threads=typed.get("cpus_per_task", 1))
+    partition = f" -p {typed['slurm_partition']}" if typed.get("slurm_partition") else ""
+    params = {
+        "run_uuid": "RUN",
+        "slurm_logfile": "LOG",
+        "comment_str": "RULE",
+        "account": "",
+        "partition": partition,
+        "workdir": "",
+    }
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
 def sbatch_request(res: dict) -> dict:
-    """The sbatch options snakemake-executor-plugin-slurm 2.8 makes of a job's resources."""
-    gpus = int(res.get("gpu") or 0)
+    """The options of the plugin's sbatch call for a job (partition, GPUs, CPUs, memory, time, the rest)."""
+    argv = shlex.split(plugin_sbatch_call(res))
+    assert argv[:2] == ["sbatch", "--parsable"], argv
+    opts: dict[str, str] = {}
+    extra = []
+    i = 2
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--job-name", "--output", "--comment", "-p", "-t", "--mem"):
+            opts[arg], i = argv[i + 1], i + 2
+            continue
+        key, _, value = arg.partition("=")
+        if key in ("--gpus", "--gres", "--cpus-per-task", "--ntasks", "--ntasks-per-gpu", "--nodes"):
+            opts[key] = value
+        elif arg != "--export=ALL":
+            extra.append(arg)
+        i += 1
     return {
-        "partition": res.get("slurm_partition", ""),
-        "gpus": gpus,
-        "gres": res.get("gres", ""),
-        "cpus": int(res["cpus_per_task"]),
-        "mem_mb": int(res["mem_mb"]),
-        "time_min": int(res["runtime"]),
-        "extra": res.get("slurm_extra", ""),
+        "partition": opts.get("-p", ""),
+        "gpus": int(opts.get("--gpus", 0)),
+        "gres": opts.get("--gres", ""),
+        "cpus": int(opts["--cpus-per-task"]),
+        "mem_mb": int(opts["--mem"]),
+        "time_min": int(opts["-t"]),
+        "extra": " ".join(extra),
     }
 
 
@@ -176,7 +225,7 @@ def test_paper_jobs_ask_slurm_for_what_they_use(tmp_path, attempt):
             lines.append(f"{rule} [{job['wildcards']}] -> local (submit host)")
             continue
         req = sbatch_request(res)
-        lines.append(f"{rule} [{job['wildcards']}] -> {req}")
+        lines.append(f"{rule} [{job['wildcards']}] -> {plugin_sbatch_call(res)}")
         assert 0 < req["time_min"] <= WALLTIME_MIN, (rule, req)
         assert req["extra"] == "--signal=URG@900", (rule, req)
         assert req["gres"] == "", (rule, req)  # one node: the plugin's --gpus
