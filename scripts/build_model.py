@@ -1,5 +1,7 @@
-"""Make a model's "base" checkpoint: a tiny real-architecture model (built + warm-started) or a pretrained
-reference. Writes ``--ref`` (JSON with the path later stages load). Called by rule build_model."""
+"""Make a model's "base" checkpoint: a tiny real-architecture model (built + warm-started; rule build_model)
+or a pretrained model (rule fetch_model, on the submit host): a local directory is referenced as it is, a hub
+id is downloaded into ``--model-dir`` so that the compute jobs read local files only. Writes ``--ref`` (JSON
+with the path later stages load)."""
 
 import shutil
 from pathlib import Path
@@ -8,6 +10,16 @@ from grpo_vqa import cli
 from grpo_vqa.config import check_model_path
 from grpo_vqa.io import atomic_write_json
 from grpo_vqa.provenance import write_sidecar
+
+
+def local_copy(path: str, model_dir: str) -> str:
+    """``path`` if it is a local model directory, else the hub model downloaded (resumably) into ``model_dir``."""
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    print(f"[build_model] downloading {path} into {model_dir}", flush=True)
+    return snapshot_download(repo_id=path, local_dir=model_dir)
 
 
 def main() -> None:
@@ -21,7 +33,7 @@ def main() -> None:
     cfg = cli.load_cfg(args)
     if cfg["source"] == "pretrained":
         check_model_path(f"models.{args.name}.path", cfg["path"])
-        path = cfg["path"]
+        path = local_copy(cfg["path"], args.model_dir)
     else:
         from grpo_vqa.data.pretrain import tokenizer_corpus
         from grpo_vqa.models.tiny import build_tiny_model

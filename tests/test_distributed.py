@@ -111,6 +111,34 @@ def test_several_machines_take_rank_and_rendezvous_from_slurm():
     assert rule_command({}, "grpo.launch").startswith("python -m grpo_vqa.launch ")
 
 
+#: A "trainer" that is sent the walltime warning while it starts up (before it handles the signal), then
+#: installs the trainers' handler (grpo_vqa.training.common.make_walltime_callback) and reports what it saw.
+STARTUP_SIGNAL_SCRIPT = """
+import os, signal, sys
+from grpo_vqa.training.common import WALLTIME_SIGNAL, make_walltime_callback
+os.kill(os.getpid(), WALLTIME_SIGNAL)  # as SLURM's --signal during imports / model loading
+callback = make_walltime_callback()
+print("REQUESTED" if callback.requested else "LOST", flush=True)
+"""
+
+
+@pytest.mark.parametrize("launcher", [True, False], ids=["launcher", "plain"])
+def test_walltime_signal_during_startup_is_kept_by_the_launcher(launcher, tmp_path):
+    """grpo_vqa.launch blocks the signal before it starts the script, so one sent during start-up stays
+    pending and reaches the trainer's handler; started without the launcher the same signal is ignored."""
+    script = tmp_path / "trainer.py"
+    script.write_text(STARTUP_SIGNAL_SCRIPT)
+    prefix = (
+        [sys.executable, "-m", "grpo_vqa.launch", "--launch-json", "{}", "--"]
+        if launcher
+        else [sys.executable]
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([*prefix, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == ("REQUESTED" if launcher else "LOST"), proc.stdout + proc.stderr[-2000:]
+
+
 def test_launch_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"^config key grpo\.launch\.num_machines: 2 machines need a SLURM"):
         launch_argv({"num_machines": 2}, ["s.py"], env={}, cuda=True, key="grpo.launch")

@@ -1,13 +1,17 @@
-"""Walltime kill and resume of GRPO through SLURM (profiles/slurm-test).
+"""Walltime kill and resume of GRPO through SLURM (profiles/slurm-test), with and without the walltime warning.
 
-The GRPO job's first attempt gets a 1-minute limit and more steps than it can do in that time, so SLURM
-kills it (TIMEOUT); Snakemake retries it with a longer limit (`runtime` grows with `attempt`); the retry
-resumes from the newest complete checkpoint, does the remaining steps only and ends with the same per-step
-history (rewards, completion lengths, entropy, tokens: everything but timings) and the same adapter as an
-uninterrupted local run of the same config, run at the same time.
+The GRPO job's first attempt gets a short limit and more steps than it can do in that time. Without the
+warning (`slurm_extra` emptied) SLURM kills it (TIMEOUT) and the retry redoes the steps since the last
+`save_steps` checkpoint. With the profile's `--signal=URG@60` the trainer saves a checkpoint at the step the
+signal arrives in and exits (status 75, FAILED); the retry redoes no step. Either way Snakemake retries it
+with a longer limit (`runtime` grows with `attempt`); the retry resumes from the newest complete checkpoint,
+does the remaining steps only and ends with the same per-step history (rewards, completion lengths, entropy,
+tokens: everything but timings) and the same adapter as an uninterrupted local run of the same config, run
+at the same time.
 
 Input: the SFT model etc. of the local reference DAG (`local_dag`), copied, so only rule grpo runs.
-Takes about 3-4 minutes (the 1-minute limit is enforced 60-95 s after the job starts).
+Takes about 3-4 minutes without the signal (the 1-minute limit is enforced 60-95 s after the job starts),
+5-6 with it (a 3-minute limit; SLURM sends the signal 60-120 s before the limit).
 """
 
 from __future__ import annotations
@@ -39,16 +43,20 @@ SAVE_STEPS = 4
 #: 8 prompts x 4 completions a step: 8 steps an epoch on the 64 training items, so the kill and the resume
 #: fall in a later epoch (the data order of a resumed epoch is part of what is checked).
 GRPO_SHAPE = {"batch_size": 32, "num_generations": 4}
-#: Walltime of the GRPO job in minutes: 1 on the first attempt (killed), 15 and 29 on the retries.
-GRPO_RUNTIME = "1 + 14 * (attempt - 1)"
-#: Seconds of training the first attempt is given (after its ~15 s start-up): longer than the 95 s after
-#: which SLURM has killed a 1-minute job at the latest, short enough to keep the test quick.
-TRAIN_TARGET_S = 120
+#: Walltime of the GRPO job in minutes, without / with the walltime signal: 1 (killed) or 3 (signalled 60-120 s
+#: before the end) on the first attempt, then 15 and 29 on the retries (which the signal never reaches).
+GRPO_RUNTIME = {False: "1 + 14 * (attempt - 1)", True: "3 + 12 * (attempt - 1)"}
+#: Seconds of training the first attempt is given (after its ~15 s start-up): longer than the first attempt
+#: can run (killed at the latest 95 s after a 1-minute job starts; 3 minutes with the signal), short enough to
+#: keep the test quick.
+TRAIN_TARGET_S = {False: 120, True: 200}
+#: What the walltime warning saves and how the trainer ends (grpo_vqa.training.common).
+WALLTIME_LINE = re.compile(r"\[grpo\] walltime warning \(SIGURG\): saved (\S+) at step (\d+) of (\d+)")
 PROBE_STEPS = 3
 RESUME_LINE = re.compile(r"\[grpo\] resuming from (\S+) \(step (\d+)\)")
 
 
-def grpo_cmd(workdir: Path, max_steps: int, slurm: bool) -> list[str]:
+def grpo_cmd(workdir: Path, max_steps: int, slurm: bool, signal: bool = False) -> list[str]:
     """Snakemake for the GRPO adapter with `max_steps` (an override file in `workdir`)."""
     override = workdir / "grpo_override.yaml"
     override.write_text(
@@ -56,7 +64,9 @@ def grpo_cmd(workdir: Path, max_steps: int, slurm: bool) -> list[str]:
     )
     if not slurm:
         return dag_cmd(GRPO_ADAPTER, configfiles=(override,), profile=None, extra=("--cores", "1"))
-    resources = (f"grpo:runtime={GRPO_RUNTIME}", "grpo:mem_mb=attempt * 2000", "grpo:gpu=0")
+    resources = [f"grpo:runtime={GRPO_RUNTIME[signal]}", "grpo:mem_mb=attempt * 2000", "grpo:gpu=0"]
+    if not signal:
+        resources.append("grpo:slurm_extra=''")  # no --signal: SLURM's plain walltime kill
     return dag_cmd(GRPO_ADAPTER, configfiles=(override,), extra=("--set-resources", *resources))
 
 
@@ -72,7 +82,10 @@ def seconds_per_step(workdir) -> float:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(slurm_cluster, local_dag, tmp_path):
+@pytest.mark.parametrize("signal", [False, True], ids=["kill", "signal"])
+def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(
+    signal, slurm_cluster, local_dag, tmp_path
+):
     t_start = time.monotonic()
     local = finished(local_dag)
     slurm_wd, ref_wd, probe_wd = tmp_path / "slurm", tmp_path / "reference", tmp_path / "probe"
@@ -80,10 +93,12 @@ def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(slurm_cl
         copy_upstream(local.workdir, wd, UPSTREAM)
 
     step_s = seconds_per_step(probe_wd)
-    max_steps = min(max(math.ceil(TRAIN_TARGET_S / step_s), 24), 400)
+    max_steps = min(max(math.ceil(TRAIN_TARGET_S[signal] / step_s), 24), 400)
 
     # The SLURM run and the uninterrupted reference run, side by side (one core each).
-    slurm = Background(grpo_cmd(slurm_wd, max_steps, slurm=True), slurm_wd, tmp_path / "slurm.log").start()
+    slurm = Background(
+        grpo_cmd(slurm_wd, max_steps, slurm=True, signal=signal), slurm_wd, tmp_path / "slurm.log"
+    ).start()
     reference = Background(
         grpo_cmd(ref_wd, max_steps, slurm=False), ref_wd, tmp_path / "reference.log"
     ).start()
@@ -95,22 +110,34 @@ def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(slurm_cl
         reference.stop()
     log = slurm.output()
 
-    # Only rule grpo ran, in SLURM: the first attempt was killed at its 1-minute limit, the retry completed.
+    # Only rule grpo ran, in SLURM: the first attempt was killed at its limit (or stopped itself at the
+    # walltime warning, exit status 75), the retry completed.
     jobs = submitted_jobs(log)
     assert set(jobs) == {"grpo"}, jobs
     assert len(jobs["grpo"]) == 2, f"expected one retry: {jobs}"
     killed, retried = jobs["grpo"]
-    assert job_state(killed) == "TIMEOUT", jobcomp_record(killed)
+    assert job_state(killed) == ("FAILED" if signal else "TIMEOUT"), jobcomp_record(killed)
     assert job_state(retried) == "COMPLETED", jobcomp_record(retried)
-    limits = {job: jobcomp_record(job)["TimeLimit"] for job in (killed, retried)}
-    assert limits[killed] == "1" and int(limits[retried]) > 1, limits
+    records = {job: jobcomp_record(job) for job in (killed, retried)}
+    limits = {job: rec["TimeLimit"] for job, rec in records.items()}
+    assert limits[killed] == ("3" if signal else "1") and int(limits[retried]) > 3, limits
+    warned = WALLTIME_LINE.search(log)  # show-failed-logs prints the failed attempt's log
+    if signal:
+        # the trainer exited with 75 (the job's own exit code is that of Snakemake in its batch script: 1)
+        assert "returned non-zero exit status 75." in log, log[-3000:]
+        assert warned, "no walltime-warning checkpoint in the failed attempt's log:\n" + log[-3000:]
+    else:
+        assert not warned
 
     # The retry resumed from the newest complete checkpoint the killed attempt left ...
     m = RESUME_LINE.search((slurm_wd / f"results/logs/grpo/{EXP}.log").read_text())
     assert m, "the retried job did not resume"
     resumed_at = int(m.group(2))
     assert m.group(1).endswith(f"checkpoint-{resumed_at}") and 0 < resumed_at < max_steps
-    assert resumed_at % SAVE_STEPS == 0
+    if signal:  # from the checkpoint saved at the warning, whatever save_steps is
+        assert m.group(1) == warned.group(1) and resumed_at == int(warned.group(2))
+    else:
+        assert resumed_at % SAVE_STEPS == 0
 
     # ... and did only the steps after it: the TensorBoard files of the two attempts (one per process).
     attempts = tensorboard_runs(slurm_wd / f"results/logs/tensorboard/{EXP}/grpo")
@@ -121,6 +148,8 @@ def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(slurm_cl
     assert sorted(second) == list(range(resumed_at + 1, max_steps + 1)), "the retry redid or skipped steps"
     redone = last_before_kill - resumed_at
     assert 0 <= redone <= SAVE_STEPS
+    if signal:
+        assert redone == 0, f"{redone} step(s) redone after the walltime warning"
     # The redone steps reproduce what the killed process had computed for them.
     for step in range(resumed_at + 1, last_before_kill + 1):
         assert first[step] == second[step], (step, first[step], second[step])
@@ -135,7 +164,7 @@ def test_grpo_walltime_kill_retry_resumes_and_matches_uninterrupted_run(slurm_cl
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     print(
-        f"\nwalltime: {max_steps} steps ({step_s:.2f} s/step probe), killed job {killed} after step "
+        f"\nwalltime ({'signal' if signal else 'kill'}): {max_steps} steps ({step_s:.2f} s/step probe), killed job {killed} after step "
         f"{last_before_kill}, retry {retried} resumed at step {resumed_at} (save_steps {SAVE_STEPS}): "
         f"{redone} step(s) redone; SLURM run {slurm.seconds:.0f} s, test {time.monotonic() - t_start:.0f} s"
     )

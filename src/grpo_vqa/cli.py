@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .config import ConfigError
 from .data.images import DataError
+from .training.common import WALLTIME_EXIT, WalltimeStop
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -47,6 +48,9 @@ def run(main: Callable[[], object]) -> None:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except WalltimeStop as exc:
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(WALLTIME_EXIT)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

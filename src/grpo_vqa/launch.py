@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -27,11 +28,14 @@ import zlib
 from pathlib import Path
 
 from .config import ConfigError
+from .training.common import WALLTIME_SIGNAL
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "config" / "accelerate"
 DEFAULT_LAUNCH = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
 #: Rendezvous ports for SLURM jobs are taken from this range by job id (several jobs may share a node).
 PORT_BASE, PORT_SPAN = 20000, 20000
+#: CPUs per training/evaluation process of a pretrained (GPU) model: torch threads and data-loader workers.
+GPU_RANK_CPUS = 8
 
 
 def launch_settings(launch: dict | None) -> dict:
@@ -155,6 +159,12 @@ def rule_command(launch: dict | None, key: str) -> str:
     )
 
 
+def rank_threads(gpu_model: bool, threads: int) -> int:
+    """CPUs (torch threads) per process: :data:`GPU_RANK_CPUS` for a pretrained model on a GPU, else
+    ``threads`` (config ``threads_per_job``)."""
+    return GPU_RANK_CPUS if gpu_model else int(threads)
+
+
 def slurm_resources(launch: dict | None, gpu_model: bool, threads: int) -> dict:
     """Resources of a training job for snakemake-executor-plugin-slurm 2.8.
 
@@ -162,8 +172,7 @@ def slurm_resources(launch: dict | None, gpu_model: bool, threads: int) -> dict:
     ``--gpus``, a count per job); on several ``gres`` = ``gpu:<processes per node>`` (``--gres``, a count
     per node, so every node gets its share) and ``gpu`` = 0. ``tasks`` = one task per node (``--ntasks`` for
     CPU jobs: accelerate starts the ranks inside it); ``tasks_per_gpu`` = 0 stops the plugin from turning
-    ``tasks`` into ``--ntasks-per-gpu`` for GPU jobs; ``cpus_per_task`` = CPUs per rank (8 for GPU models,
-    ``threads`` for tiny CPU ones) x ranks per node.
+    ``tasks`` into ``--ntasks-per-gpu`` for GPU jobs; ``cpus_per_task`` = CPUs per rank (:func:`rank_threads`) x ranks per node.
     """
     s = launch_settings(launch)
     procs, machines = int(s["num_processes"]), int(s["num_machines"])
@@ -172,7 +181,7 @@ def slurm_resources(launch: dict | None, gpu_model: bool, threads: int) -> dict:
         "nodes": machines,
         "tasks": machines,
         "tasks_per_gpu": 0,
-        "cpus_per_task": (8 if gpu_model else int(threads)) * procs,
+        "cpus_per_task": rank_threads(gpu_model, threads) * procs,
         "gpu": procs if gpu_model and not per_node else 0,
         "gres": f"gpu:{procs}" if per_node else "",
     }
@@ -193,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print("[launch] " + shlex.join(cmd), file=sys.stderr, flush=True)
+    # Hold the walltime warning until the trainer handles it: a blocked signal stays blocked through exec
+    # (and in the ranks accelerate starts) and stays pending, so one that SLURM sends while the script is
+    # still importing or loading its model is delivered when the trainer unblocks it, not lost (ignored).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {WALLTIME_SIGNAL})
     os.execve(cmd[0], cmd, launch_env(json.loads(args.launch_json), dict(os.environ)))
 
 

@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from grpo_vqa.config import (  # noqa: E402
     stage_config,
     validate_config,
 )
-from grpo_vqa.launch import rule_command, slurm_resources  # noqa: E402
+from grpo_vqa.launch import rank_threads, rule_command, slurm_resources  # noqa: E402
 from grpo_vqa.seeds import coerce_seeds, expand_seeds  # noqa: E402
 
 try:
@@ -44,6 +46,27 @@ EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
 # Soft-prompt stages (trained by prompt_tune in train.smk): the stage name and the completion the prompt is trained to produce.
 PT_STAGES = {"pt_direct": "direct", "pt_reason": "reason"}
+
+#: Models / datasets whose files come from the internet (or a local path): fetched by local rules on the submit
+#: host (models.smk fetch_model, data.smk fetch_dataset); the others are built by compute jobs.
+PRETRAINED_MODELS = [m for m, c in config["models"].items() if c["source"] == "pretrained"]
+TINY_MODELS = [m for m in config["models"] if m not in PRETRAINED_MODELS]
+SYNTHETIC_DATASETS = [d for d, c in config["datasets"].items() if c.get("source", "synthetic") == "synthetic"]
+FETCHED_DATASETS = [d for d in config["datasets"] if d not in SYNTHETIC_DATASETS]
+
+
+# Work that needs the internet runs where Snakemake runs (the submit host); compute nodes often have none.
+# judge_responses and judge_calibration call the judge's API (backend openai) and wait: little CPU, no GPU.
+localrules:
+    fetch_model,
+    fetch_dataset,
+    judge_responses,
+    judge_calibration,
+
+
+def name_pattern(names):
+    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 wildcard_constraints:
@@ -149,9 +172,19 @@ def is_gpu_model(exp):
     return config["models"][model_of(exp)]["source"] == "pretrained"
 
 
+# ---- cluster resources: what each job needs follows from the config (see profiles/slurm) ----
+#: The clusters' partition time limit (minutes): no attempt of any job may ask for more.
+MAX_RUNTIME_MIN = 720
+
+
+def capped_runtime(minutes):
+    return min(int(minutes), MAX_RUNTIME_MIN)
+
+
 def train_runtime(wildcards, attempt):
-    """Walltime (minutes): 30 for tiny models, the cluster's 12 h for real ones; scaled by the attempt."""
-    return (720 if is_gpu_model(wildcards.exp) else 30) * attempt
+    """Walltime (minutes) of one attempt: 30 x attempt for tiny models; the cluster's full 12 h for real ones on
+    every attempt (more is rejected; a retry resumes from the checkpoint saved at the walltime warning)."""
+    return capped_runtime(720 if is_gpu_model(wildcards.exp) else 30 * attempt)
 
 
 def train_mem(wildcards, attempt):
@@ -159,7 +192,23 @@ def train_mem(wildcards, attempt):
 
 
 def train_gpu(wildcards):
+    """One GPU for a pretrained model; tiny models train and generate on the CPU."""
     return 1 if is_gpu_model(wildcards.exp) else 0
+
+
+def exp_threads(wildcards):
+    """CPUs (torch threads, data-loader workers) of one process of an experiment's job."""
+    return rank_threads(is_gpu_model(wildcards.exp), THREADS)
+
+
+def slurm_partition(gpu):
+    """GRPO_VQA_SLURM_GPU_PARTITION for GPU jobs (else GRPO_VQA_SLURM_PARTITION); '' = the cluster's default."""
+    cpu_part = os.environ.get("GRPO_VQA_SLURM_PARTITION", "")
+    return (os.environ.get("GRPO_VQA_SLURM_GPU_PARTITION", "") or cpu_part) if gpu else cpu_part
+
+
+def exp_partition(wildcards):
+    return slurm_partition(train_gpu(wildcards))
 
 
 def stage_launch(exp, stage):

@@ -22,11 +22,14 @@ rule evaluate:
         "results/benchmarks/evaluate/{exp}-{stage}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: THREADS
+    threads: exp_threads
     resources:
-        runtime=lambda w, attempt: (240 if is_gpu_model(w.exp) else 30) * attempt,
+        slurm_partition=exp_partition,
+        runtime=lambda w, attempt: capped_runtime((240 if is_gpu_model(w.exp) else 30) * attempt),
         mem_mb=train_mem,
         gpu=train_gpu,
+        # not the profile's "threads": Snakemake caps threads at the cores it sees where it runs
+        cpus_per_task=exp_threads,
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --extra {params.extra} --out-dir {params.out_dir} --cache-dir {params.cache}"

@@ -17,10 +17,11 @@ rule sft:
         "results/benchmarks/sft/{exp}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: THREADS
+    threads: exp_threads
     # sft.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
     # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
+        slurm_partition=exp_partition,
         runtime=train_runtime,
         mem_mb=train_stage_mem("sft"),
         gpu=train_resource("sft", "gpu"),
@@ -49,10 +50,14 @@ rule merge_lora:
         "results/benchmarks/merge_lora/{exp}-{trained}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: THREADS
+    threads: exp_threads
     resources:
-        runtime=lambda w, attempt: 30 * attempt,
+        slurm_partition=exp_partition,
+        runtime=lambda w, attempt: capped_runtime((60 if is_gpu_model(w.exp) else 30) * attempt),
         mem_mb=train_mem,
+        gpu=train_gpu,
+        # not the profile's "threads": Snakemake caps threads at the cores it sees where it runs
+        cpus_per_task=exp_threads,
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --adapter {input}"
         " --out {output} > {log} 2>&1"
@@ -77,10 +82,11 @@ rule grpo:
         "results/benchmarks/grpo/{exp}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: THREADS
+    threads: exp_threads
     # grpo.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
     # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
+        slurm_partition=exp_partition,
         runtime=train_runtime,
         mem_mb=train_stage_mem("grpo"),
         gpu=train_resource("grpo", "gpu"),
@@ -116,11 +122,14 @@ rule prompt_tune:
         "results/benchmarks/prompt_tune/{exp}-{pt}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: THREADS
+    threads: exp_threads
     resources:
+        slurm_partition=exp_partition,
         runtime=train_runtime,
         mem_mb=train_mem,
         gpu=train_gpu,
+        # not the profile's "threads": Snakemake caps threads at the cores it sees where it runs
+        cpus_per_task=exp_threads,
     shell:
         "python {params.script} --config-json {params.cfg:q} --threads {threads} --model {input.model}"
         " --data {input.data} --responses {input.responses} --target {params.target} --out {output}"

@@ -7,11 +7,24 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 from ..data.images import load_image
 
 COMPLETE_MARKER = ".complete"
+
+#: The walltime warning: profiles/slurm asks SLURM for ``--signal=URG@<s>``, sent to every process of the job's
+#: steps <s> seconds before the time limit. URG, not USR1: Snakemake's job process and the rule's bash shell
+#: in the same step ignore URG by default, while USR1 would kill them (and with them the step) before the
+#: checkpoint is written; ``B:USR1`` goes to the batch shell only, which dies of it.
+WALLTIME_SIGNAL = signal.SIGURG
+#: Exit status after the walltime checkpoint (EX_TEMPFAIL): the job failed for now; a retry resumes it.
+WALLTIME_EXIT = 75
+
+
+class WalltimeStop(Exception):
+    """Training stopped at the walltime warning after saving a complete checkpoint (exit with WALLTIME_EXIT)."""
 
 
 def setup_runtime(seed: int, threads: int | None) -> None:
@@ -63,9 +76,16 @@ def shared_trainer_kwargs(
         **({"fp16": True} if fp16 else {}),
         "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False)),
         "use_cpu": not torch.cuda.is_available(),
-        "dataloader_num_workers": 0,
+        "dataloader_num_workers": dataloader_workers(torch.get_num_threads()),
         "disable_tqdm": not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
     }
+
+
+def dataloader_workers(threads: int) -> int:
+    """Data-loader worker processes for a process with ``threads`` CPUs (its job's ``--threads``): none below
+    4 CPUs (tiny CPU runs: the main process does the work), else half of them, up to 4 (8-CPU GPU ranks: 4
+    workers decode and collate images while the main process drives the GPU)."""
+    return 0 if threads < 4 else min(4, threads // 2)
 
 
 def check_world_size(launch: dict | None, key: str = "launch") -> None:
@@ -235,6 +255,50 @@ def make_complete_marker_callback():
     return CompleteMarker()
 
 
+def make_walltime_callback():
+    """A TrainerCallback that, once :data:`WALLTIME_SIGNAL` has arrived, saves a checkpoint at the end of the
+    current optimizer step and stops training (``stopped_at`` = that step).
+
+    Every rank of a data-parallel run gets the signal, not necessarily at the same step: the ranks agree (an
+    all-reduce of the flag after each step) so that they all save and stop at the same one."""
+    from transformers import TrainerCallback
+
+    class SaveOnWalltimeSignal(TrainerCallback):
+        def __init__(self):
+            self.requested = False
+            self.stopped_at = None
+            signal.signal(WALLTIME_SIGNAL, self._on_signal)
+            # grpo_vqa.launch blocks the signal before starting the script: one sent since then (during
+            # start-up) is delivered now, and training stops after its first step
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {WALLTIME_SIGNAL})
+
+        def _on_signal(self, signum, frame):
+            self.requested = True
+
+        def _agreed(self) -> bool:
+            import torch
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+                return self.requested
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            )
+            flag = torch.tensor([int(self.requested)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.item())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # the last step ends training anyway, and the final output is written
+            if self._agreed() and state.global_step < state.max_steps:
+                control.should_save = True
+                control.should_training_stop = True
+                self.stopped_at = state.global_step
+            return control
+
+    return SaveOnWalltimeSignal()
+
+
 def train_resume_save(
     trainer, processor, ckpt_dir, out_dir, name: str, history_key: str, on_resume=None
 ) -> dict:
@@ -260,11 +324,20 @@ def train_resume_save(
         trainer._load_from_checkpoint(str(resume))
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
     else:
+        walltime = make_walltime_callback()
+        trainer.add_callback(walltime)
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Exception as exc:
             raise_if_disk_full(exc, ckpt_dir)
             raise
+        if walltime.stopped_at is not None:
+            saved = Path(ckpt_dir) / f"checkpoint-{walltime.stopped_at}"
+            trainer.accelerator.wait_for_everyone()  # rank 0 has written the completion marker
+            raise WalltimeStop(
+                f"[{name}] walltime warning (SIG{WALLTIME_SIGNAL.name[3:]}): saved {saved} at step "
+                f"{walltime.stopped_at} of {trainer.args.max_steps}; a retry resumes from it"
+            )
     # Every rank takes part in saving (ZeRO-3 gathers the weights); the Trainer writes on the main one only.
     tmp = Path(str(out_dir) + ".tmp")
     trainer.save_model(str(tmp))
