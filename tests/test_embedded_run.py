@@ -83,12 +83,19 @@ def test_sft_learns_the_format_and_beats_the_untrained_model(run_dir, exp):
 
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_the_text_alone_does_not_answer(run_dir, exp):
-    """Blank images: no better than chance overall (a broken format counts as wrong) and coin flips among the
-    answers given: the balanced captions carry no label information."""
+    """Blank images: no better than chance overall (a broken format or no answer counts as wrong), and the
+    answers that are given are coin flips (an exact binomial test against 50 %, two-sided, p >= 0.01): the
+    balanced captions carry no label information. A model that reads the image often gives no answer at all
+    without one (SmolVLM answers 14-77 % of the blank items, seeds 1234 / 7 / 42)."""
+    from scipy.stats import binomtest
+
     blank, rate, answered, n = blank_image_answers(run_dir, exp)
     assert blank <= 58.0, f"blank-image accuracy {blank} is above chance: the text alone answers"
-    assert answered >= n / 2, "most blank-image responses give no answer"
-    assert abs(rate - 50.0) <= 8.0, f"blank-image answers are right {rate:.1f} % of the time, not at chance"
+    if answered:
+        p = binomtest(round(rate * answered / 100), answered, 0.5).pvalue
+        assert p >= 0.01, (
+            f"blank-image answers are right {rate:.1f} % of {answered} (p = {p:.4f}), not at chance"
+        )
 
 
 @pytest.mark.parametrize("exp", replicates("vsr_smolvlm"))

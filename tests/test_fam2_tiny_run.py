@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-# Several minutes of real training on 2 cores: `pytest -m families` (not in CI; see README, Development).
+# Several minutes of real training on 2 cores: `pytest -m families` (in CI; see README, Development).
 pytestmark = pytest.mark.families
 
 REPO = Path(__file__).resolve().parents[1]

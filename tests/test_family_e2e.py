@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-# Several minutes of real training on 2 cores: `pytest -m families` (not in CI; see README, Development).
+# Several minutes of real training on 2 cores: `pytest -m families` (in CI; see README, Development).
 pytestmark = pytest.mark.families
 
 REPO = Path(__file__).resolve().parents[1]
