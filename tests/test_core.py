@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pandas as pd
@@ -96,6 +97,11 @@ def test_vsr_main_table_reads_scores(tmp_path):
     write_table(df, tmp_path / "t.md", "T")
     assert "| vsr_qwen" in (tmp_path / "t.md").read_text()
     assert pd.read_csv(tmp_path / "t.csv").shape == (6, 7)
+    # the study's two arms (config/paper.yaml): GRPO from the base model is labelled GRPO, not SFT → GRPO
+    two_arms = copy.deepcopy(CONFIG)
+    two_arms["experiments"]["vsr_qwen"]["grpo_from"] = "base"
+    df = vsr_main_frame(two_arms, ["vsr_qwen", "vsr_smolvlm"], scores)
+    assert list(df["stage"]) == ["zero-shot (base)", "SFT", "GRPO", "zero-shot (base)", "SFT", "SFT → GRPO"]
 
 
 def test_sft_target_format():

@@ -74,7 +74,7 @@ def job(plan: list[Job], rule: str, **wildcards: str) -> Job:
 
 def test_1_vsr_zeroshot_whole_dev_and_test(plan):
     for name in ("vsr_synth", "bias_plain", "bias_biased", "bias_strong"):
-        cfg = job(plan, "make_dataset", dataset=name).cfg
+        cfg = job(plan, "fetch_dataset", dataset=name).cfg
         assert cfg["loader"] == "vsr" and cfg["real"]["hub_id"] == "cambridgeltl/vsr_zeroshot"
         assert cfg["splits"] == {"train": 1000, "val": None, "test": None}  # 1,000 drawn; all of dev and test
         assert cfg["real"]["splits"] == {"train": "train", "val": "dev", "test": "test"}
@@ -111,7 +111,7 @@ def test_3_no_system_prompt_and_the_r1_instruction_in_the_user_turn(plan):
         if j.rule in ("sft", "grpo", "evaluate", "prompt_tune"):
             assert j.cfg["system_prompt"] is None, j
     for name in ("vsr_synth", "bias_strong", "drivingvqa", "aokvqa"):
-        template = job(plan, "make_dataset", dataset=name).cfg["question_template"]
+        template = job(plan, "fetch_dataset", dataset=name).cfg["question_template"]
         assert template == f"{{question}} {R1_INSTRUCTION}"
 
 
@@ -159,12 +159,12 @@ def test_7_judge_reads_the_caption_on_train_dev_test(plan):
 
 
 def test_8_bias_sets_undersample_the_minority_label(plan):
-    ratios = {n: job(plan, "make_dataset", dataset=n).cfg.get("bias_keep_ratio") for n in VSR_ARMS[2:]}
+    ratios = {n: job(plan, "fetch_dataset", dataset=n).cfg.get("bias_keep_ratio") for n in VSR_ARMS[2:]}
     assert (
         ratios["bias_plain"] == 1.0 and ratios["bias_plain"] > ratios["bias_biased"] > ratios["bias_strong"]
     )
     for name in ratios:
-        assert "bias" not in job(plan, "make_dataset", dataset=name).cfg  # no half-vocabulary P(true)
+        assert "bias" not in job(plan, "fetch_dataset", dataset=name).cfg  # no half-vocabulary P(true)
     assert any(i == "results/data/bias_strong" for i in job(plan, "table", table="bias").inputs)
 
 
@@ -187,7 +187,7 @@ def test_9_two_soft_prompt_recipes_and_the_distillation_edge(plan):
 
 def test_10_sim2real_statement_prompt_and_grpo_from_base(plan):
     for name in ("sim2real_source", "sim2real_target"):
-        template = job(plan, "make_dataset", dataset=name).cfg["question_template"]
+        template = job(plan, "fetch_dataset", dataset=name).cfg["question_template"]
         assert template == f"Is the following statement true: {{question}} {R1_INSTRUCTION}"
     for exp in SIM2REAL:
         assert job(plan, "grpo", exp=exp).inputs[0] == "results/models/qwen/base.json"

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..io import read_json  # noqa: E402
 from ..provenance import write_sidecar  # noqa: E402
 from .figures import STYLE, _save  # noqa: E402
+from .tables import stage_label  # noqa: E402, F401  (the family tables' row labels)
 
 STAGES = ("base", "sft", "grpo")
 
@@ -21,14 +22,6 @@ def stages_of(config: dict, exp: str) -> tuple[str, ...]:
     if config["experiments"][exp].get("grpo_from", "sft") == "base":
         return ("base", "grpo")
     return STAGES
-
-
-def stage_label(config: dict, exp: str, stage: str) -> str:
-    from .tables import STAGE_LABELS
-
-    if stage == "grpo" and "sft" not in stages_of(config, exp):
-        return "GRPO"
-    return STAGE_LABELS[stage]
 
 
 def scores_path(exp: str, stage: str) -> str:

@@ -9,6 +9,15 @@ import pandas as pd
 from ..io import atomic_write_text, read_json
 
 STAGE_LABELS = {"base": "zero-shot (base)", "sft": "SFT", "grpo": "SFT → GRPO"}
+
+
+def stage_label(config: dict, exp: str, stage: str) -> str:
+    """A stage's row label: GRPO from the base model (``grpo_from: base``, the study's two arms) is "GRPO"."""
+    if stage == "grpo" and config["experiments"][exp].get("grpo_from", "sft") == "base":
+        return "GRPO"
+    return STAGE_LABELS[stage]
+
+
 ARCH_LABELS = {"qwen2_5_vl": "Qwen2.5-VL", "idefics3": "SmolVLM (Idefics3)"}
 
 
@@ -34,7 +43,7 @@ def vsr_main_frame(config: dict, experiments: list[str], scores: dict[tuple[str,
                 {
                     "experiment": exp,
                     "model": model_label(model_cfg),
-                    "stage": STAGE_LABELS[stage],
+                    "stage": stage_label(config, exp, stage),
                     "val accuracy": score_at(s, "val"),
                     "test accuracy": score_at(s, "test"),
                     "test format": score_at(s, "test", "format"),
@@ -74,7 +83,11 @@ def vsr_main_seeds_frame(
         model_cfg = config["models"][config["experiments"][exp]["model"]]
         for stage in ("base", "sft", "grpo"):
             per_seed = [scores[(exp, seed, stage)] for seed in seeds]
-            row = {"experiment": exp, "model": model_label(model_cfg), "stage": STAGE_LABELS[stage]}
+            row = {
+                "experiment": exp,
+                "model": model_label(model_cfg),
+                "stage": stage_label(config, exp, stage),
+            }
             test = [score_at(s, "test") for s in per_seed]
             row |= {f"test accuracy, seed {seed}": v for seed, v in zip(seeds, test, strict=True)}
             mean, low, high = seed_summary(test)
