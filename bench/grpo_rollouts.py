@@ -615,6 +615,21 @@ def teacher_forced(args) -> dict:
 # ------------------------------------------------------------------------------------------------- grpo
 
 
+def processor_and_token_ids():
+    """The bench's processor (tokenizer trained on its questions) and the special token ids a model needs."""
+    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
+    proc = make_processor(corpus)
+    tok = proc.tokenizer
+    return proc, {
+        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
+        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
+        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+
+
 def make_processor(corpus):
     from transformers import Qwen2VLImageProcessorPil
 
@@ -658,17 +673,7 @@ def grpo(args) -> dict:
         micro = args.micro
     micro = min(micro, rollouts)
     accum = rollouts // micro
-    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
-    proc = make_processor(corpus)
-    tok = proc.tokenizer
-    token_ids = {
-        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
-        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
-        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
-        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
+    proc, token_ids = processor_and_token_ids()
     tiny = args.tiny
     if tiny:  # CPU smoke test of this script
         from grpo_vqa.rollout.synthetic import QWEN2_5_VL_TINY
@@ -891,17 +896,7 @@ STUDY_PLAN = [
 def save_model(args) -> dict:
     """Save a Qwen2.5-VL-3B-dims model (random bf16 weights, no LoRA) with the bench's processor to ``--out``: the
     pretrained model of bench/pipeline_grpo_3b.yaml's pipeline run."""
-    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
-    proc = make_processor(corpus)
-    tok = proc.tokenizer
-    token_ids = {
-        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
-        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
-        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
-        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
+    proc, token_ids = processor_and_token_ids()
     model = build_3b(lora=False, token_ids=token_ids, device="cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     model.save_pretrained(out)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from grpo_rollouts import QUESTIONS, build_3b, device_name, make_processor, slug, sync  # noqa: E402
+from grpo_rollouts import QUESTIONS, build_3b, device_name, processor_and_token_ids, slug, sync  # noqa: E402
 
 from grpo_vqa.launch import launch_argv  # noqa: E402
 
@@ -45,17 +45,7 @@ def step(args) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
-    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
-    proc = make_processor(corpus)
-    tok = proc.tokenizer
-    token_ids = {
-        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
-        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
-        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
-        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
+    proc, token_ids = processor_and_token_ids()
     t_load = time.perf_counter()
     model = build_3b(token_ids=token_ids, device=f"cuda:{local}")
     load_s = time.perf_counter() - t_load
