@@ -134,6 +134,19 @@ def test_bias_table_follows_its_upstream_files(config, workdir):
     assert "71.50" in out.read_text()
 
 
+def test_bias_table_labels_grpo_from_base_as_grpo(config, workdir):
+    """The study's two arms (config/paper.yaml: GRPO from the base model): the rows and the figures say GRPO."""
+    for exp in ("bias_050", "bias_080", "bias_095"):
+        config["experiments"][exp]["grpo_from"] = "base"
+    write_bias_upstream(config)
+    out = workdir / "results/tables/bias.md"
+    build_table("bias", config, str(out), "results/figures/bias")
+    assert sorted(set(csv_of(out)["stage"])) == ["GRPO", "SFT"]
+    config["experiments"]["bias_080"]["grpo_from"] = "sft"
+    with pytest.raises(ValueError, match="tables.bias: its experiments mix"):
+        build_table("bias", config, str(out), "results/figures/bias")
+
+
 def test_bias_positive_splits_our_words_and_hashes_others():
     assert [bias_positive(r) for r in DIRECTIONAL] == [r in BIAS_POSITIVE for r in DIRECTIONAL]
     words = [f"word {i}" for i in range(200)]

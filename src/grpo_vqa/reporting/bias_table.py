@@ -104,7 +104,7 @@ def bias_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> 
                     "experiment": exp,
                     "model": model_label(model_cfg),
                     "train bias": bias_level(config, exp),
-                    "stage": STAGE_LABELS[stage],
+                    "stage": fam.stage_label(config, exp, stage),
                     "test accuracy": fam.split_value(s, "test"),
                     "blank-image accuracy": fam.split_value(s, "test-blank"),
                     "bias-consistent accuracy": rel["consistent"],
@@ -121,6 +121,11 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
     scores = fam.read_all({(e, s): fam.scores_path(e, s) for e in exps for s in TRAINED})
     responses = fam.read_all({(e, s): fam.responses_path(e, s) for e in exps for s in TRAINED})
     df = bias_frame(config, exps, scores, responses)
+    # row labels per stage ("GRPO" when it starts from the base model); one topology for the whole table
+    labels = {stage: {fam.stage_label(config, e, stage) for e in exps} for stage in TRAINED}
+    if any(len(v) > 1 for v in labels.values()):
+        raise ValueError(f"tables.{NAME}: its experiments mix GRPO from SFT and from base ({sorted(exps)})")
+    labels = {stage: v.pop() for stage, v in labels.items()}
     study = "; ".join(f"{k} {v[0]:.1f} / {v[1]:.1f}" for k, v in STUDY_BIAS.items())
     write_table(
         df,
@@ -141,8 +146,8 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
     series: dict[str, dict[float, float | None]] = {}
     styles = {}
     for stage in TRAINED:
-        sub = df[df["stage"] == STAGE_LABELS[stage]]
-        label = STAGE_LABELS[stage]
+        label = labels[stage]
+        sub = df[df["stage"] == label]
         series[f"{label}: test"] = dict(zip(sub["train bias"], sub["test accuracy"], strict=True))
         series[f"{label}: inconsistent items"] = dict(
             zip(sub["train bias"], sub["bias-inconsistent accuracy"], strict=True)
@@ -160,13 +165,13 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
     )
     outputs.append(fig)
     study_png = Path(fig_dir) / "vs_study.png"
-    ours, study = study_comparison(df)
+    ours, study = study_comparison(df, labels)
     reference_comparison(ours, study, study_png)
     outputs.append(study_png)
     return fam.finish(outputs, config, table_cfg, inputs(config, table_cfg))
 
 
-def study_comparison(df: pd.DataFrame) -> tuple[dict, dict]:
+def study_comparison(df: pd.DataFrame, labels: dict[str, str] | None = None) -> tuple[dict, dict]:
     """Our test accuracy per (stage, bias level) beside the study's; the study's three sets (unbiased, biased,
     strongly biased) are matched to our levels in increasing order, and only when we have three levels."""
     levels = sorted(df["train bias"].unique())
@@ -174,7 +179,7 @@ def study_comparison(df: pd.DataFrame) -> tuple[dict, dict]:
     ours: dict[str, dict[str, float]] = {}
     study: dict[str, dict[str, float]] = {}
     for k, stage in enumerate(TRAINED):
-        label = STAGE_LABELS[stage]
+        label = (labels or STAGE_LABELS)[stage]
         sub = df[df["stage"] == label]
         for level, acc in zip(sub["train bias"], sub["test accuracy"], strict=True):
             setting = f"bias {level:g}" + (f" ({names[level]})" if level in names else "")
