@@ -215,7 +215,8 @@ def test_untrusted_text_never_reaches_a_shell(tmp_path, record_property):
     # every caption fragment is absent from every planned shell command
     fragments = [h.strip() for h in HOSTILE if h.strip()] + ["The cat"]
     assert not [f for f in fragments if f in plan.stdout], "caption text on a planned command line"
-    assert "rule make_dataset:" in plan.stdout and "rule evaluate:" in plan.stdout
+    # a local dataset is formatted by the submit-host rule fetch_dataset (make_dataset: synthetic ones)
+    assert "rule fetch_dataset:" in plan.stdout and "rule evaluate:" in plan.stdout
     # run the data stage for real: the hostile folder name and captions are handled as data
     done = run(snakemake_cmd(wd, ["results/data/evil"], override, "-p", "--cores", "1"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -230,6 +231,6 @@ def test_untrusted_text_never_reaches_a_shell(tmp_path, record_property):
         "captions with $(touch pwned), backticks, ; rm -rf, quotes; dataset folder and system_prompt with "
         "$(...) and `...`",
         "no caption on any planned command line; no injected command runs",
-        f"0 of {len(fragments)} fragments in `snakemake -n -p all`; make_dataset ran; no pwned file; "
+        f"0 of {len(fragments)} fragments in `snakemake -n -p all`; fetch_dataset ran; no pwned file; "
         "captions saved verbatim",
     )
