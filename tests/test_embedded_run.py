@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory) -> Path:
     ]
     if SEEDS:
         cmd += ["--config", f"seeds=[{','.join(map(str, SEEDS))}]"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)  # two seeds on a slow machine
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return workdir
 
