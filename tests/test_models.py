@@ -127,6 +127,47 @@ def test_processor_save_reload(arch, built, loaded, tmp_path):
     assert again(text=[TEXT])["input_ids"] == proc(text=[TEXT])["input_ids"]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_processor_loads_where_autoprocessor_has_no_pil_video_backend(arch, built, loaded, monkeypatch):
+    """With torchvision installed, transformers 5.23's AutoProcessor refuses Qwen2-VL's video processor under
+    backend="pil" (an ImportError, seen on the GPU machine): a Qwen2.5-VL processor is then assembled from its
+    parts and matches the usual one; any other architecture keeps the error."""
+    from grpo_vqa.models import loading
+
+    def refuse(*args, **kwargs):
+        raise ImportError("Video processor cannot be loaded - requested pil backend is not available.")
+
+    assembled = []
+    real_assemble = loading._processor_without_video
+
+    def assemble(path):
+        assembled.append(path)
+        # this CPU machine has no torchvision: assemble as it can (the GPU machine's gets the real one)
+        monkeypatch.setattr(loading, "is_torchvision_available", lambda: False)
+        return real_assemble(path)
+
+    monkeypatch.setattr(loading, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(loading.AutoProcessor, "from_pretrained", refuse)
+    monkeypatch.setattr(loading, "_processor_without_video", assemble)
+    if arch != "qwen2_5_vl":
+        with pytest.raises(ImportError, match="pil backend"):
+            load_processor(str(built[arch]))
+        return
+    proc = load_processor(str(built[arch]), padding_side="left")
+    assert assembled == [str(built[arch])]
+    usual = loaded[arch][1]
+    assert type(proc) is type(usual) and proc.tokenizer.padding_side == "left"
+    assert type(proc.image_processor) is type(usual.image_processor)
+    msgs = build_messages("Is it?", SYSTEM)
+    prompt = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    assert prompt == EXPECTED_PROMPT[arch]
+    image = red_image()
+    got = proc(text=[prompt], images=[image])
+    want = usual(text=[prompt], images=[image])
+    assert got["input_ids"] == want["input_ids"]
+    assert torch.equal(torch.as_tensor(got["pixel_values"]), torch.as_tensor(want["pixel_values"]))
+
+
 def test_build_messages():
     assert build_messages("Q") == [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}

@@ -36,7 +36,7 @@ from grpo_vqa.provenance import write_sidecar
 from grpo_vqa.reporting import figures
 from grpo_vqa.reporting.paper import STUDY_VSR_NOTES, STUDY_VSR_REFERENCE
 from grpo_vqa.reporting.report import provenance_labels, sidecar_labels
-from grpo_vqa.training.progress import LogProgress, format_seconds, progress, report_to
+from grpo_vqa.training.progress import LogProgress, RolloutRate, format_seconds, progress, report_to
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -185,6 +185,51 @@ def test_trainer_progress_prints_one_line_per_interval_with_eta():
         cb.on_step_end(None, other_rank, None)
     cb.on_train_end(None, other_rank, None)
     assert quiet.getvalue() == ""
+
+
+def test_rollout_rate_logs_each_step_and_a_summary_line():
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    out, now = io.StringIO(), [50.0]
+    rate = RolloutRate("grpo", "fast", "auto: CUDA device", stream=out, clock=lambda: now[0])
+    trainer = SimpleNamespace(_metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    assert rate.attach(trainer) is rate and trainer.rollout_rate is rate
+    state = FakeState(0, 4)
+    rate.on_train_begin(None, state, None)
+    for step, seconds in zip(range(1, 5), (10.0, 2.0, 2.0, 4.0), strict=True):
+        rate.add(4)  # the trainer's generations of this step
+        now[0] += seconds
+        state.global_step = step
+        rate.on_step_end(None, state, None)
+    rate.on_train_end(None, state, None)
+    assert trainer._metrics["train"]["rollouts_per_second"] == [0.4, 2.0, 2.0, 1.0]
+    summary = rate.summary()
+    assert summary["engine"] == "fast" and summary["engine_reason"] == "auto: CUDA device"
+    assert (summary["steps"], summary["first_step"], summary["last_step"], summary["rollouts"]) == (
+        4,
+        1,
+        4,
+        16,
+    )
+    assert summary["train_s"] == 18.0 and summary["rollouts_per_s"] == 16 / 18
+    assert summary["steady_rollouts_per_s"] == 12 / 8 and summary["first_step_s"] == 10.0
+    assert summary["median_step_s"] == 4.0 and summary["rollouts_per_step"] == 4.0
+    assert out.getvalue() == (
+        "[grpo] rate: 16 rollouts in 4 steps, 18.0 s: 0.889 rollouts/s"
+        " (after the first step: 1.5 rollouts/s; first step 10.0 s) | engine fast\n"
+    )
+
+    # a resumed run that finds training finished runs no step: no summary, no line; other ranks print nothing
+    idle, quiet = RolloutRate(stream=io.StringIO()), io.StringIO()
+    idle.on_train_end(None, FakeState(4, 4), None)
+    assert idle.summary() is None and idle.stream.getvalue() == ""
+    other = RolloutRate(stream=quiet, clock=lambda: now[0])
+    other.on_train_begin(None, FakeState(0, 1, main=False), None)
+    other.add(8)
+    other.on_step_end(None, FakeState(1, 1, main=False), None)
+    other.on_train_end(None, FakeState(1, 1, main=False), None)
+    assert quiet.getvalue() == "" and other.summary()["rollouts"] == 8
 
 
 def test_progress_in_a_log_file_is_plain_lines():

@@ -109,3 +109,51 @@ def test_run_grpo_auto_on_cpu_builds_trls_trainer_as_hf_does(tmp_path, monkeypat
     assert built[0] == built[1]
     assert built[0][0] == "hf" and built[0][1].__name__ == "GRPOTrainer"
     assert "rollout_config" not in built[0][2]
+
+
+def test_run_grpo_reports_rollouts_per_second(tmp_path, monkeypatch, capsys):
+    """A short CPU run: every step's log entry holds rollouts_per_second, the log says the run's rate and the
+    engine, and rollout_rate.json beside the adapter counts the rollouts the trainer generated."""
+    import json
+
+    import datasets
+    from PIL import Image
+
+    from grpo_vqa.models.tiny import build_tiny_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = build_tiny_model(
+        "qwen2_5_vl", {"image_size": 112}, ["a b c <answer>x</answer>"] * 4, tmp_path / "m", seed=0
+    )
+    rows = datasets.Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a b"}]}]]
+            * 4,
+            "image": [Image.new("RGB", (112, 112), (40 * i, 30, 30)) for i in range(4)],
+            "solution": ["x"] * 4,
+        }
+    )
+    cfg = {
+        **_default_config()["grpo"],
+        "rollout_engine": "auto",
+        "max_steps": 2,
+        "batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 4,
+        "save_steps": 100,
+    }
+    out = tmp_path / "out"
+    result = grpo_mod.run_grpo(str(model), rows, out, tmp_path / "ckpt", cfg, seed=0)
+    log = capsys.readouterr().out
+    rate = json.loads((out / "rollout_rate.json").read_text())
+    assert rate == result["rollout_rate"]
+    assert rate["engine"] == "hf" and rate["engine_reason"].startswith("auto: no CUDA device")
+    assert (rate["steps"], rate["rollouts"], rate["rollouts_per_step"]) == (2, 8, 4.0)
+    assert rate["rollouts_per_s"] == pytest.approx(8 / rate["train_s"])
+    assert rate["steady_rollouts_per_s"] > 0 and rate["first_step_s"] > 0
+    history = json.loads((out / "train_history.json").read_text())
+    assert [e["step"] for e in history] == [1, 2]
+    assert all(e["rollouts_per_second"] > 0 for e in history)
+    line = next(x for x in log.splitlines() if x.startswith("[grpo] rate: "))
+    assert line.startswith(f"[grpo] rate: 8 rollouts in 2 steps, {rate['train_s']:.1f} s: ")
+    assert line.endswith("| engine hf")

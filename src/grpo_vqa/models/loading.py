@@ -131,7 +131,8 @@ def make_qwen_processor(image_processor, tokenizer, chat_template: str | None) -
 
 
 def _processor_without_video(path: str) -> ProcessorMixin:
-    """Load a Qwen2.5-VL processor's parts (PIL image processor) and assemble it without torchvision."""
+    """Load a Qwen2.5-VL processor's parts (PIL image processor) and assemble it (:func:`make_qwen_processor`:
+    a placeholder video processor without torchvision, transformers' own with it)."""
     image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
     tokenizer = AutoTokenizer.from_pretrained(path)
     template = Path(path, "chat_template.jinja")
@@ -147,7 +148,15 @@ def load_processor(path_or_id: str, *, padding_side: str = "left") -> ProcessorM
         if arch == "qwen2_5_vl" and not is_torchvision_available():
             processor = _processor_without_video(path)
         else:
-            processor = AutoProcessor.from_pretrained(path, backend="pil")
+            try:
+                processor = AutoProcessor.from_pretrained(path, backend="pil")
+            except ImportError:
+                # transformers >= 5.23 with torchvision: Qwen2-VL's video processor has no "pil" backend
+                # ("Video processor cannot be loaded - requested pil backend is not available"), so the
+                # processor is assembled from its parts (PIL images, torchvision video processor)
+                if arch != "qwen2_5_vl":
+                    raise
+                processor = _processor_without_video(path)
     except OSError:
         if Path(path).is_dir():
             raise

@@ -300,10 +300,11 @@ def make_walltime_callback():
 
 
 def train_resume_save(
-    trainer, processor, ckpt_dir, out_dir, name: str, history_key: str, on_resume=None
+    trainer, processor, ckpt_dir, out_dir, name: str, history_key: str, on_resume=None, extra_files=None
 ) -> dict:
     """Train (resuming from the newest complete checkpoint in ``ckpt_dir``), then write the final model,
-    processor and per-step history (log entries holding ``history_key``) atomically to ``out_dir``."""
+    processor and per-step history (log entries holding ``history_key``) atomically to ``out_dir``.
+    ``extra_files``: a callable giving ``{file name: JSON-able}`` to write beside them (a ``None`` is skipped)."""
     if trainer.is_world_process_zero():  # one rank deletes; the others wait for it
         for broken in discard_incomplete_checkpoints(ckpt_dir):
             print(
@@ -345,6 +346,9 @@ def train_resume_save(
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(tmp))
         (tmp / "train_history.json").write_text(json.dumps(history, indent=1))
+        for file_name, content in (extra_files() if extra_files else {}).items():
+            if content is not None:
+                (tmp / file_name).write_text(json.dumps(content, indent=1))
         replace_dir(tmp, out_dir)
     # no rank exits (ending the launch) before the output is in place
     trainer.accelerator.wait_for_everyone()

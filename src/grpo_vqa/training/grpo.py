@@ -2,7 +2,9 @@
 
 Like :mod:`grpo_vqa.training.sft`: checkpoints in ``ckpt_dir`` (resumed from the newest complete one, with
 optimizer, scheduler and RNG state), final adapter written atomically to ``out_dir`` with the per-step
-reward history (``train_history.json``).
+reward history (``train_history.json``, whose entries also hold ``rollouts_per_second``) and the run's rollout
+rate (``rollout_rate.json``: engine, rollouts, training time, rollouts/s; also printed as one ``[grpo] rate:``
+line).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .common import (
     train_resume_save,
     with_images,
 )
-from .progress import LogProgress
+from .progress import LogProgress, RolloutRate
 
 # Dataset columns handed to reward functions (TRL passes every non-prompt column as a keyword argument).
 REWARD_COLUMNS = ("solution", "boxes", "target_shape", "choices", "relation", "task")
@@ -98,10 +100,18 @@ def epoch_seeded_repeat_sampler_class():
 
 
 def _resumable(base: type) -> type:
-    """A subclass of a GRPO trainer class whose training sampler is :func:`epoch_seeded_repeat_sampler_class`."""
+    """A subclass of a GRPO trainer class whose training sampler is :func:`epoch_seeded_repeat_sampler_class` and
+    which reports the rollouts it generates to ``self.rollout_rate`` (a :class:`RolloutRate`, when attached)."""
     sampler_cls = epoch_seeded_repeat_sampler_class()
 
     class Resumable(base):
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            rate = getattr(self, "rollout_rate", None)
+            if rate is not None and self.model.training:  # every process's completions (equal shares)
+                rate.add(len(output["completion_ids"]) * self.accelerator.num_processes)
+            return output
+
         def _get_train_sampler(self, dataset=None):
             sampler = super()._get_train_sampler(dataset)
             if type(sampler) is not sampler_cls.__bases__[0]:
@@ -152,6 +162,7 @@ def run_grpo(
     processor = load_processor(model_path, padding_side="left")
     engine, why = rollout_engine_for(cfg, model)
     print(f"[grpo] rollout engine: {engine} ({why})", flush=True)
+    rate = RolloutRate("grpo", engine, why)
     extra = {}
     if engine == "fast":
         from ..rollout import RolloutConfig
@@ -165,6 +176,16 @@ def run_grpo(
         train_dataset=train_rows,
         processing_class=processor,
         peft_config=lora_config(cfg["lora"]),
-        callbacks=[make_complete_marker_callback(), LogProgress("grpo")],
+        callbacks=[make_complete_marker_callback(), LogProgress("grpo"), rate],
     )
-    return train_resume_save(trainer, processor, ckpt_dir, out_dir, "grpo", "reward")
+    rate.attach(trainer)
+    result = train_resume_save(
+        trainer,
+        processor,
+        ckpt_dir,
+        out_dir,
+        "grpo",
+        "reward",
+        extra_files=lambda: {"rollout_rate.json": rate.summary()},
+    )
+    return {**result, "rollout_rate": rate.summary()}
