@@ -28,7 +28,7 @@ import zlib
 from pathlib import Path
 
 from .config import ConfigError
-from .training.common import WALLTIME_SIGNAL
+from .walltime import WALLTIME_SIGNAL
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "config" / "accelerate"
 DEFAULT_LAUNCH = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 
 from ..parsing import reasoning_length
+from ..rewards import iou_reward
 
 
 def _rate(flags: list[bool]) -> float:
@@ -92,8 +93,6 @@ def mean_box_iou(records: list[dict]) -> float | None:
     """Mean IoU (0-1) between the boxes a response names in its ``<think>`` part and the item's ground-truth
     ``boxes`` (the ``iou`` reward: per item, the mean over ground-truth boxes of the best-matching named box;
     no named box scores 0). Items without ground-truth boxes are skipped; None when no item has any."""
-    from ..rewards import iou_reward
-
     scored = [r for r in records if r.get("boxes")]
     if not scored:
         return None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from grpo_vqa.judge.prompts import REASK_MESSAGE, Prompt, ReplyParseError, parse_verdict
+from grpo_vqa.judge.prompts import REASK_MESSAGE, Prompt, ReplyParseError, parse_verdict, reasoning_text
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -341,8 +341,6 @@ def rules_verdict(item: dict) -> dict:
     -> ``missing_detail``; reasoning that names none of the question's objects -> ``irrelevant``; conflicting
     implication -> ``contradiction``; an implication that cannot be extracted -> ``missing_detail``.
     """
-    from grpo_vqa.judge.prompts import reasoning_text
-
     reasoning = reasoning_text(item)
     answer = item.get("parsed_answer")
     task = item.get("task") or "other"

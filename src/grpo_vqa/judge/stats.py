@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grpo_vqa.judge.prompts import MISALIGNMENT_TYPES
+from grpo_vqa.judge.prompts import MISALIGNMENT_TYPES, reasoning_text
+from grpo_vqa.judge.runner import response_sha256
 
 # The study's o4-mini taxonomy-prompt numbers on the first 350 test items (study project page).
 STUDY_REFERENCE = {
@@ -125,8 +126,6 @@ def load_calibration(path: str | Path) -> tuple[list[dict], pd.DataFrame]:
     """The calibration set: JSONL of responses (as in ``generated_responses_<split>.json``) with ``human_*``
     fields. Returns the responses without the human fields (what the judge sees) and their labels as
     :func:`load_human_labels` gives them."""
-    from grpo_vqa.judge.runner import response_sha256
-
     items, rows = [], []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -152,9 +151,6 @@ def load_calibration(path: str | Path) -> tuple[list[dict], pd.DataFrame]:
 def label_template(items: list[dict], n: int, seed: int, run: str, stage: str, split: str) -> pd.DataFrame:
     """A seeded random sample of responses to label by hand (no judge verdict shown, to keep labels blind);
     ``response_sha256`` ties each label to the exact response text it is given for."""
-    from grpo_vqa.judge.prompts import reasoning_text
-    from grpo_vqa.judge.runner import response_sha256
-
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(items), size=min(n, len(items)), replace=False).tolist())
     rows = [
