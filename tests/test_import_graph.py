@@ -10,6 +10,7 @@ subpackage:
     data | models | rollout | rewards        datasets, model loading, the rollout engine, reward functions
     launch | seeds | parsing | progress      helpers the layers above share
     config | io | provenance | walltime      the base
+    resources                                where the package finds its files (schema, prompts, ...)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ LAYERS = (
     ("data", "models", "rollout", "rewards"),
     ("launch", "seeds", "parsing", "progress"),
     ("config", "io", "provenance", "walltime"),
+    ("resources",),
 )
 
 
