@@ -1,9 +1,9 @@
 """Merge a LoRA adapter into its base model and save a full model directory. Called by rule merge_lora."""
 
 from grpo_vqa import cli
+from grpo_vqa.models.merge import merge_adapter
 from grpo_vqa.provenance import write_sidecar
 from grpo_vqa.training.common import setup_runtime
-from grpo_vqa.training.merge import merge_adapter
 
 
 def main() -> None:

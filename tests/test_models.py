@@ -376,7 +376,7 @@ def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_pa
     """``lora.modules_to_save``: the LM head is trained in full beside LoRA and lands in the merged model."""
     from safetensors.torch import load_file
 
-    from grpo_vqa.training.merge import merge_adapter
+    from grpo_vqa.models.merge import merge_adapter
     from grpo_vqa.training.sft import run_sft
 
     rows = sft_rows_answering_true(4)
@@ -403,7 +403,7 @@ def test_evaluating_an_adapter_loads_the_weights_merge_lora_saves(built, tmp_pat
     """``evaluation.from_adapter``: rule evaluate loads a LoRA adapter merged in memory; those are the weights of
     the merged model rule merge_lora writes (so the evaluation is the same), and not the base model's."""
     from grpo_vqa.evaluation.run import load_eval_model
-    from grpo_vqa.training.merge import is_lora_adapter, merge_adapter
+    from grpo_vqa.models.merge import is_lora_adapter, merge_adapter
     from grpo_vqa.training.sft import run_sft
 
     lora = {"r": 4, "alpha": 8, "targets": "all-linear", "modules_to_save": ["lm_head"]}

@@ -32,11 +32,12 @@ from pathlib import Path
 
 import pytest
 
+from grpo_vqa.progress import format_seconds, progress
 from grpo_vqa.provenance import write_sidecar
 from grpo_vqa.reporting import figures
 from grpo_vqa.reporting.paper import STUDY_VSR_NOTES, STUDY_VSR_REFERENCE
 from grpo_vqa.reporting.report import provenance_labels, sidecar_labels
-from grpo_vqa.training.progress import LogProgress, RolloutRate, format_seconds, progress, report_to
+from grpo_vqa.training.progress import LogProgress, RolloutRate, report_to
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

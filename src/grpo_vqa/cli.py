@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from .config import ConfigError
 from .data.images import DataError
-from .training.common import WALLTIME_EXIT, WalltimeStop
+from .walltime import WALLTIME_EXIT, WalltimeStop
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+from .resources import resource_dir
+
+SCHEMA_PATH = resource_dir("schemas") / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

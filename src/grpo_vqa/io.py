@@ -1,9 +1,10 @@
-"""Small I/O helpers: atomic writes so that a killed job never leaves a half-written file behind."""
+"""Small I/O helpers: atomic writes so that a killed job never leaves a half-written file (or folder) behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,3 +33,12 @@ def atomic_write_json(path: str | Path, obj: object) -> Path:
 def read_json(path: str | Path) -> object:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move a finished directory into place, replacing any older one."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))

@@ -28,9 +28,10 @@ import zlib
 from pathlib import Path
 
 from .config import ConfigError
-from .training.common import WALLTIME_SIGNAL
+from .resources import resource_dir
+from .walltime import WALLTIME_SIGNAL
 
-ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "config" / "accelerate"
+ACCELERATE_DIR = resource_dir("accelerate")
 DEFAULT_LAUNCH = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
 #: Rendezvous ports for SLURM jobs are taken from this range by job id (several jobs may share a node).
 PORT_BASE, PORT_SPAN = 20000, 20000

@@ -15,7 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..io import atomic_write_json
+from ..progress import progress
+from . import tasks
 from .images import DataError
+from .real import DataQuality, load_items
+from .relations import make_relation_items
 from .scenes import Scene, render
 
 SPLITS = ("train", "val", "test")
@@ -28,8 +32,6 @@ def split_seed(seed: int, dataset: str, split: str) -> int:
 
 
 def _relation_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
-    from .relations import make_relation_items
-
     bias = cfg.get("bias", 0.5) if split != "test" else 0.5
     return make_relation_items(
         n,
@@ -46,16 +48,12 @@ def _relation_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list
 
 
 def _task_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
-    from . import tasks
-
     return tasks.GENERATORS[cfg["kind"]](cfg, split, n, seed, name)
 
 
 def generator_for(kind: str) -> Callable[[dict, str, int, int, str], list[dict]]:
     if kind == "relation":
         return _relation_items
-    from . import tasks
-
     if kind not in tasks.GENERATORS:
         known = ", ".join(["relation", *tasks.GENERATORS])
         raise ValueError(f"datasets.*.kind: unknown kind {kind!r}; known: {known}")
@@ -71,8 +69,6 @@ def _finalise_synthetic(
     style = cfg.get("style", "flat")
     rng = random.Random(split_seed_ ^ 0x5EED)
     out = []
-    from ..training.progress import progress
-
     for item in progress(items, desc=f"render {split}", interval=30):
         objects = item.pop("_objects")
         path = image_dir / f"{item['id']}.png"
@@ -111,8 +107,6 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
                 "skipped_examples": [],
             }
         elif source in ("hub", "local"):
-            from .real import DataQuality, load_items
-
             real_cfg = dict(cfg["real"]) | {"source": source, "limit": n}
             # bias: a biased subset of the real relation items (the test split stays as drawn)
             if cfg.get("bias") is not None and cfg["bias"] != 0.5 and split != "test":

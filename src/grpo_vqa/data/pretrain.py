@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import random
 
+from .build import generator_for
 from .relations import AXIS, DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
-from .scenes import PALETTES, PLURALS, SHAPES, Scene, SceneObject, render
-
-
-def describe_counts(counts: dict[str, int]) -> str:
-    """``I see 2 triangles, 1 circle and 3 squares.`` (shapes in a fixed order)."""
-    parts = [f"{n} {shape if n == 1 else PLURALS[shape]}" for shape, n in counts.items()]
-    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"I see {body}."
+from .scenes import COUNT_COLORS, PALETTES, SHAPES, Scene, SceneObject, render
+from .tasks import counting_scene, describe_counts
 
 
 def make_pretrain_items(
@@ -41,8 +36,6 @@ def make_pretrain_items(
     ``tied_colors`` draws relation scenes with one colour per shape (the tutorial's), as the embedded
     relation datasets do; ``radius`` is the objects' size range in pixels.
     """
-    from .tasks import counting_scene
-
     rng = random.Random(seed)
     colors = list(PALETTES["flat"])
     items = []
@@ -78,8 +71,6 @@ def make_pretrain_items(
 
 
 def _single_object(rng: random.Random, size: int, radius: tuple[int, int]) -> SceneObject:
-    from .tasks import COUNT_COLORS
-
     shape = rng.choice(list(SHAPES))
     cell = size / 2
     r = rng.uniform(radius[0], min(radius[1], cell / 2 - 2))
@@ -106,8 +97,6 @@ CORPUS_KINDS = {
 
 def tokenizer_corpus(seed: int, system_prompt: str | None = None, n_per_kind: int = 300) -> list[str]:
     """Every kind of text the embedded default's models read or write, for training their tokenizer."""
-    from .build import generator_for
-
     texts: list[str] = []
     for item in make_pretrain_items(400, seed, with_images=False):
         texts += [item["problem"], item["text"]]

@@ -26,7 +26,7 @@ import hashlib
 import math
 import random
 
-from .scenes import SceneObject, place_objects
+from .scenes import COUNT_COLORS, PALETTES, SHAPES, SceneObject, place_objects
 
 DIRECTIONAL = ("left of", "right of", "above", "below")
 PROXIMITY = ("next to", "far from")
@@ -203,8 +203,6 @@ def sample_relation_scene(
     ``layout``: ``free`` places objects anywhere; ``apart`` puts their centres in opposite outer thirds of the
     canvas along the relation's axis (anywhere across it), so the order along the axis is never a close call.
     """
-    from .tasks import COUNT_COLORS
-
     fam = family(seen)
     if layout not in ("free", "apart"):
         raise ValueError(f"unknown layout {layout!r}; known: free, apart")
@@ -262,8 +260,6 @@ def make_relation_items(
     layout: str = "free",
 ) -> list[dict]:
     """``n`` relation items (without images: each carries its scene objects for rendering)."""
-    from .scenes import PALETTES, SHAPES
-
     colors = list(colors or PALETTES["flat"].keys())
     shapes = list(shapes or SHAPES)
     for rel in relations:

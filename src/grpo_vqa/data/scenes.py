@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+#: One colour per shape, as in the shape-counting tutorial (red triangles, blue circles, green squares).
+COUNT_COLORS = {"triangle": "red", "circle": "blue", "square": "green"}
 
 # Palettes map a colour word to RGB. The textured domain uses other shades of the same words so that the
 # vocabulary transfers while the pixels do not.

@@ -26,3 +26,12 @@ def vsr_problem(caption: str) -> str:
 def vsr_solution(label: int) -> str:
     """The study's answer string for a VSR label (1 → "True")."""
     return "True" if int(label) == 1 else "False"
+
+
+def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
+    """Conversational prompt with one image before the question (the chat template places it)."""
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": problem}]})
+    return messages

@@ -17,9 +17,8 @@ from fractions import Fraction
 from PIL import Image, ImageDraw, ImageFont
 
 from .relations import DIRECTIONAL, seen_relation
-from .scenes import PALETTES, PLURALS, SHAPES, SceneObject, place_objects
+from .scenes import COUNT_COLORS, PALETTES, PLURALS, SHAPES, SceneObject, place_objects
 
-COUNT_COLORS = {"triangle": "red", "circle": "blue", "square": "green"}
 LETTERS = "ABCDE"
 
 
@@ -37,9 +36,14 @@ def counting_scene(rng: random.Random, counts: dict[str, int], size: int) -> lis
     raise RuntimeError(f"cannot place {total} shapes on a {size}px canvas")
 
 
-def counting_reasoning(counts: dict[str, int], target: str) -> str:
-    from .pretrain import describe_counts
+def describe_counts(counts: dict[str, int]) -> str:
+    """``I see 2 triangles, 1 circle and 3 squares.`` (shapes in a fixed order)."""
+    parts = [f"{n} {shape if n == 1 else PLURALS[shape]}" for shape, n in counts.items()]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"I see {body}."
 
+
+def counting_reasoning(counts: dict[str, int], target: str) -> str:
     n = counts[target]
     return f"{describe_counts(counts)} The question asks about {PLURALS[target]}. So the answer is {n}."
 

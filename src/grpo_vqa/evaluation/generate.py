@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..data.images import load_image
 from ..data.scenes import blank_like
+from ..data.schema import prompt_messages
 from ..parsing import extract_answer, extract_think, format_ok
+from ..progress import progress
 from ..rewards import get_reward_funcs
-from ..training.common import prompt_messages
 
 EXTRA_FIELDS = ("relation", "subj", "obj", "caption", "target_shape", "count", "choices", "boxes")
 #: The reward that decides an item's correctness, by task (default ``accuracy``): math answers are checked
@@ -134,8 +135,6 @@ def evaluate_split(
             done[rec["id"]] = rec
     rows = [ds[i] for i in range(len(ds))]
     todo = [r for r in rows if r["id"] not in done]
-    from ..training.progress import progress
-
     bar = progress(total=len(rows), initial=len(rows) - len(todo), desc=desc, interval=30)
     with open(cache_path, "a", encoding="utf-8") as fh:
         for start in range(0, len(todo), batch_size):

@@ -20,8 +20,8 @@ def load_eval_model(model_path: str, dtype: str = "float32"):
     """A model directory or hub id, a soft-prompt adapter directory (loaded onto its frozen base model), or a
     LoRA adapter directory (merged into its base model in memory, as rule merge_lora would on disk)."""
     from ..models.loading import load_model
+    from ..models.merge import is_lora_adapter, merged_model
     from ..models.soft_prompt import is_prompt_adapter, load_prompt_adapter
-    from ..training.merge import is_lora_adapter, merged_model
 
     if is_prompt_adapter(model_path):
         return load_prompt_adapter(model_path, dtype=dtype)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
+from scipy.stats import binomtest, norm
+
 from ..parsing import reasoning_length
+from ..rewards import iou_reward
 
 
 def _rate(flags: list[bool]) -> float:
@@ -24,13 +26,12 @@ def _group(records: list[dict], key: str) -> dict[str, dict]:
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
-    """The Wilson score interval (95 % by default) of a proportion, in percent; [0, 0] for no items."""
+    """The Wilson score interval (95 % by default: two-sided at normal quantile ``z``) of a proportion, in
+    percent, from scipy's ``binomtest(...).proportion_ci(method="wilson")``; [0, 0] for no items."""
     if n == 0:
         return [0.0, 0.0]
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(100.0 * max(0.0, centre - half), 4), round(100.0 * min(1.0, centre + half), 4)]
+    ci = binomtest(successes, n).proportion_ci(confidence_level=2 * norm.cdf(z) - 1, method="wilson")
+    return [round(100.0 * max(0.0, float(ci.low)), 4), round(100.0 * min(1.0, float(ci.high)), 4)]
 
 
 #: The predicted label of a record whose answer is none of the gold labels (no answer, or another word).
@@ -92,8 +93,6 @@ def mean_box_iou(records: list[dict]) -> float | None:
     """Mean IoU (0-1) between the boxes a response names in its ``<think>`` part and the item's ground-truth
     ``boxes`` (the ``iou`` reward: per item, the mean over ground-truth boxes of the best-matching named box;
     no named box scores 0). Items without ground-truth boxes are skipped; None when no item has any."""
-    from ..rewards import iou_reward
-
     scored = [r for r in records if r.get("boxes")]
     if not scored:
         return None

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from grpo_vqa.judge.prompts import REASK_MESSAGE, Prompt, ReplyParseError, parse_verdict
+import tenacity
+
+from grpo_vqa.judge.prompts import REASK_MESSAGE, Prompt, ReplyParseError, parse_verdict, reasoning_text
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -103,9 +105,10 @@ def _is_retryable(exc: Exception) -> bool:
 class OpenAIBackend:
     """Chat completions through the ``openai`` client (OpenAI, vLLM, Ollama, ... via ``base_url``).
 
-    The client's own retries are off; :meth:`chat` retries 408/409/429/5xx, timeouts, connection errors and
-    malformed bodies up to ``max_retries`` times with jittered exponential backoff. Unparseable verdicts are
-    asked again once, then reported as ``unparseable``.
+    The client's own retries are off (it would not retry a malformed 200 body, nor count what it sent):
+    :meth:`chat` has tenacity retry 408/409/429/5xx, timeouts, connection errors and malformed bodies up to
+    ``max_retries`` times with jittered exponential backoff (at least ``Retry-After``), and counts the
+    requests. Unparseable verdicts are asked again once, then reported as ``unparseable``.
     """
 
     name = "openai"
@@ -136,35 +139,51 @@ class OpenAIBackend:
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
     def chat(self, messages: list[dict]) -> tuple[str, dict, int, int]:
-        """One completion with retries: returns ``(text, usage, requests, retries)``."""
+        """One completion, retried by tenacity: returns ``(text, usage, requests, retries)``."""
         kwargs = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
-        requests = 0
-        for attempt in range(self.max_retries + 1):
-            requests += 1
-            try:
-                resp = self.client.chat.completions.create(**kwargs)
-                if isinstance(resp, str) or not getattr(resp, "choices", None):
-                    raise json.JSONDecodeError("malformed chat-completions body", str(resp)[:200], 0)
-                text = resp.choices[0].message.content or ""
-                u = resp.usage
-                usage = {
-                    "prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
-                    "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0),
-                    "total_tokens": int(getattr(u, "total_tokens", 0) or 0),
-                }
-                return text, usage, requests, attempt
-            except Exception as exc:  # noqa: BLE001 - classified below, never leaked unredacted
-                msg = self.redact(f"{type(exc).__name__}: {exc}")[:500]
-                if not _is_retryable(exc) or attempt >= self.max_retries:
-                    raise RequestFailed(msg, requests, attempt) from None
-                delay = backoff_delay(
-                    attempt, self.backoff_s, self.backoff_max_s, self.rng, _retry_after(exc)
-                )
-                log.info("retry %d/%d in %.2fs after %s", attempt + 1, self.max_retries, delay, msg)
-                self.sleep(delay)
-        raise AssertionError("unreachable")
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            retry=tenacity.retry_if_exception(_is_retryable),
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            text, usage = retrying(self._complete, kwargs)
+        except Exception as exc:  # noqa: BLE001 - never leaked unredacted
+            requests = retrying.statistics.get("attempt_number", 1)
+            msg = self.redact(f"{type(exc).__name__}: {exc}")[:500]
+            raise RequestFailed(msg, requests, requests - 1) from None
+        requests = retrying.statistics["attempt_number"]
+        return text, usage, requests, requests - 1
+
+    def _complete(self, kwargs: dict) -> tuple[str, dict]:
+        resp = self.client.chat.completions.create(**kwargs)
+        if isinstance(resp, str) or not getattr(resp, "choices", None):
+            raise json.JSONDecodeError("malformed chat-completions body", str(resp)[:200], 0)
+        u = resp.usage
+        usage = {
+            "prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0),
+            "total_tokens": int(getattr(u, "total_tokens", 0) or 0),
+        }
+        return resp.choices[0].message.content or "", usage
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """tenacity's wait: full jitter, at least the server's ``Retry-After`` (which tenacity does not read)."""
+        exc = state.outcome.exception()
+        return backoff_delay(
+            state.attempt_number - 1, self.backoff_s, self.backoff_max_s, self.rng, _retry_after(exc)
+        )
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception()
+        msg = self.redact(f"{type(exc).__name__}: {exc}")[:500]
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.info("retry %d/%d in %.2fs after %s", state.attempt_number, self.max_retries, delay, msg)
 
     def judge(self, item: dict, prompt: Prompt) -> Outcome:
         """Judge one response; asks again once when the reply is not the requested JSON."""
@@ -341,8 +360,6 @@ def rules_verdict(item: dict) -> dict:
     -> ``missing_detail``; reasoning that names none of the question's objects -> ``irrelevant``; conflicting
     implication -> ``contradiction``; an implication that cannot be extracted -> ``missing_detail``.
     """
-    from grpo_vqa.judge.prompts import reasoning_text
-
     reasoning = reasoning_text(item)
     answer = item.get("parsed_answer")
     task = item.get("task") or "other"

@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from grpo_vqa.resources import resource_dir
+
 MISALIGNMENT_TYPES = ("contradiction", "missing_detail", "irrelevant", "other")
-DEFAULT_PROMPT_DIR = Path(__file__).resolve().parents[3] / "config" / "judge_prompts"
+DEFAULT_PROMPT_DIR = resource_dir("judge_prompts")
 _VERSION_RE = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<num>\d+)$")
 REASK_MESSAGE = (
     "Your previous reply was not the requested JSON object. Reply again with only one JSON object of the "

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import cohen_kappa_score
 
-from grpo_vqa.judge.prompts import MISALIGNMENT_TYPES
+from grpo_vqa.judge.prompts import MISALIGNMENT_TYPES, reasoning_text
+from grpo_vqa.judge.runner import response_sha256
 
 # The study's o4-mini taxonomy-prompt numbers on the first 350 test items (study project page).
 STUDY_REFERENCE = {
@@ -125,8 +127,6 @@ def load_calibration(path: str | Path) -> tuple[list[dict], pd.DataFrame]:
     """The calibration set: JSONL of responses (as in ``generated_responses_<split>.json``) with ``human_*``
     fields. Returns the responses without the human fields (what the judge sees) and their labels as
     :func:`load_human_labels` gives them."""
-    from grpo_vqa.judge.runner import response_sha256
-
     items, rows = [], []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -152,9 +152,6 @@ def load_calibration(path: str | Path) -> tuple[list[dict], pd.DataFrame]:
 def label_template(items: list[dict], n: int, seed: int, run: str, stage: str, split: str) -> pd.DataFrame:
     """A seeded random sample of responses to label by hand (no judge verdict shown, to keep labels blind);
     ``response_sha256`` ties each label to the exact response text it is given for."""
-    from grpo_vqa.judge.prompts import reasoning_text
-    from grpo_vqa.judge.runner import response_sha256
-
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(items), size=min(n, len(items)), replace=False).tolist())
     rows = [
@@ -177,18 +174,17 @@ def label_template(items: list[dict], n: int, seed: int, run: str, stage: str, s
 
 
 def cohen_kappa(a, b) -> float:
-    """Cohen's kappa of two equally long label sequences (nan when undefined)."""
+    """Cohen's kappa of two equally long label sequences (scikit-learn's ``cohen_kappa_score``): nan for no
+    labels, 1.0 when both give every item the same one label (chance agreement 1, where scikit-learn has no
+    value)."""
     a, b = np.asarray(a), np.asarray(b)
     if len(a) != len(b):
         raise ValueError("label sequences differ in length")
     if len(a) == 0:
         return float("nan")
-    labels = np.union1d(a, b)
-    po = float(np.mean(a == b))
-    pe = float(sum(np.mean(a == k) * np.mean(b == k) for k in labels))
-    if pe == 1.0:
-        return 1.0 if po == 1.0 else float("nan")
-    return (po - pe) / (1.0 - pe)
+    if len(np.union1d(a, b)) == 1:
+        return 1.0
+    return float(cohen_kappa_score(a, b))
 
 
 def agreement(judged: pd.DataFrame, human: pd.DataFrame) -> dict:

@@ -9,6 +9,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..config import stage_config  # noqa: E402
+from ..parsing import reasoning_length  # noqa: E402
+from ..provenance import write_sidecar  # noqa: E402
+
 STYLE = {
     "figure.dpi": 110,
     "axes.grid": True,
@@ -33,8 +37,6 @@ def no_data(ax, why: str) -> None:
 
 def grpo_betas(config: dict, experiments) -> dict[str, float]:
     """The GRPO KL coefficient (``grpo.beta``, experiment overrides included) of each experiment."""
-    from ..config import stage_config
-
     return {e: float(stage_config(config, e, "grpo").get("beta") or 0.0) for e in experiments}
 
 
@@ -124,8 +126,6 @@ def reasoning_length_bins(records: list[dict], n_bins: int = 6) -> list[dict]:
     """Bin responses by reasoning length (words inside ``<think>``) into at most ``n_bins`` bins of about equal
     size (integer edges from quantiles) and return ``{"lo", "hi", "n", "accuracy"}`` per non-empty bin."""
     import numpy as np
-
-    from ..parsing import reasoning_length
 
     if not records:
         return []
@@ -242,8 +242,6 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     import pandas as pd
-
-    from ..provenance import write_sidecar
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("figure", choices=["judge-verdicts"])

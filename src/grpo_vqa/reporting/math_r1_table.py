@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import stage_config
 from ..io import read_json
 from ..parsing import extract_answer
 from . import families as fam
@@ -96,6 +97,4 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
 
 def fam_rewards(config: dict, exp: str) -> list[str]:
     """The GRPO reward names an experiment trains with (defaults + its overrides)."""
-    from ..config import stage_config
-
     return list(stage_config(config, exp, "grpo")["rewards"])

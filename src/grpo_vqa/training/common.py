@@ -10,21 +10,17 @@ import shutil
 import signal
 from pathlib import Path
 
+from ..config import ConfigError, per_device_batch_size
 from ..data.images import load_image
+from ..data.scenes import blank_like
+from ..io import atomic_write_text, replace_dir
+from ..launch import world_size
+from ..progress import is_tty
+from ..provenance import config_hash, path_fingerprint
+from ..walltime import WALLTIME_SIGNAL, WalltimeStop
+from .progress import report_to
 
 COMPLETE_MARKER = ".complete"
-
-#: The walltime warning: profiles/slurm asks SLURM for ``--signal=URG@<s>``, sent to every process of the job's
-#: steps <s> seconds before the time limit. URG, not USR1: Snakemake's job process and the rule's bash shell
-#: in the same step ignore URG by default, while USR1 would kill them (and with them the step) before the
-#: checkpoint is written; ``B:USR1`` goes to the batch shell only, which dies of it.
-WALLTIME_SIGNAL = signal.SIGURG
-#: Exit status after the walltime checkpoint (EX_TEMPFAIL): the job failed for now; a retry resumes it.
-WALLTIME_EXIT = 75
-
-
-class WalltimeStop(Exception):
-    """Training stopped at the walltime warning after saving a complete checkpoint (exit with WALLTIME_EXIT)."""
 
 
 def setup_runtime(seed: int, threads: int | None) -> None:
@@ -49,9 +45,6 @@ def shared_trainer_kwargs(
     ``cfg["batch_size"]`` is the global batch of one optimizer step, split over ``cfg["launch"]``'s processes
     (see :func:`grpo_vqa.config.per_device_batch_size`); the running world size must match ``launch``."""
     import torch
-
-    from ..config import per_device_batch_size
-    from .progress import is_tty, report_to
 
     stage = "grpo" if "num_generations" in cfg else "sft"
     check_world_size(cfg.get("launch"), f"{stage}.launch")
@@ -91,9 +84,6 @@ def dataloader_workers(threads: int) -> int:
 def check_world_size(launch: dict | None, key: str = "launch") -> None:
     """The processes actually running (``WORLD_SIZE``, set by accelerate/torchrun) must be those ``launch``
     asks for: the per-process batch was computed from it."""
-    from ..config import ConfigError
-    from ..launch import world_size
-
     running = int(os.environ.get("WORLD_SIZE", "1"))
     if running != world_size(launch):
         raise ConfigError(
@@ -105,15 +95,6 @@ def check_world_size(launch: dict | None, key: str = "launch") -> None:
 def is_main_process() -> bool:
     """Rank 0 of a (possibly) distributed run: the one process that writes outputs, sidecars and logs."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
-    """Conversational prompt with one image before the question (the chat template places it)."""
-    messages = []
-    if system_prompt:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": problem}]})
-    return messages
 
 
 def target_text(reasoning: str, solution: str, target: str = "think_answer") -> str:
@@ -129,8 +110,6 @@ def target_text(reasoning: str, solution: str, target: str = "think_answer") -> 
 def with_images(ds, blank: bool = False):
     """Add an ``image`` column decoded from ``image_path`` (every file checked; errors name the file)."""
     import datasets
-
-    from ..data.scenes import blank_like
 
     images = []
     for path in ds["image_path"]:
@@ -180,8 +159,6 @@ def run_checkpoint_dir(base: str | Path, cfg: dict, *inputs: str | Path) -> Path
     A retried or rerun job with the same settings and inputs resumes; after a config edit or a retrained
     input model the key changes, so stale checkpoints are never resumed from.
     """
-    from ..provenance import config_hash, path_fingerprint
-
     key = config_hash({"cfg": cfg, "inputs": [path_fingerprint(p) for p in inputs]})[:12]
     return Path(base) / f"run-{key}"
 
@@ -241,8 +218,6 @@ def make_complete_marker_callback():
 
     The marker goes through a temp file and a rename, so it exists whole or not at all."""
     from transformers import TrainerCallback
-
-    from ..io import atomic_write_text
 
     class CompleteMarker(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -375,12 +350,3 @@ def raise_if_disk_full(exc: BaseException, ckpt_dir: str | Path) -> None:
             f"No space left on device ({free} bytes free; {type(exc).__name__}: {detail})",
             str(ckpt_dir),
         ) from exc
-
-
-def replace_dir(src: str | Path, dst: str | Path) -> None:
-    """Move a finished directory into place, replacing any older one."""
-    dst = Path(dst)
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(dst))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.schema import prompt_messages
 from ..rewards import get_reward_funcs
 from .common import (
     lora_config,
     make_complete_marker_callback,
-    prompt_messages,
     shared_trainer_kwargs,
     train_resume_save,
     with_images,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import prompt_messages
+from ..data.pretrain import make_pretrain_items
+from ..data.schema import prompt_messages
 from .sft import run_sft
 
 #: Optional keys of ``models.<name>.pretrain`` passed to :func:`grpo_vqa.data.pretrain.make_pretrain_items`.
@@ -13,8 +14,6 @@ ITEM_KEYS = ("layout", "relation_share", "proximity_share", "textured_share")
 
 def pretrain_rows(n: int, seed: int, size: int, **item_kwargs):
     import datasets
-
-    from ..data.pretrain import make_pretrain_items
 
     items = make_pretrain_items(n, seed, size=size, **item_kwargs)
     rows = [

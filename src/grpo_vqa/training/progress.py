@@ -1,7 +1,6 @@
-"""Progress that reads well in log files: tqdm on a terminal, one plain line per interval otherwise.
+"""Trainer progress that reads well in log files (the loop bar for data generation, evaluation and judging is
+:func:`grpo_vqa.progress.progress`).
 
-* :func:`progress` — a tqdm bar for loops (data generation, evaluation, judging): the usual bar on a TTY; in a
-  log file (not a TTY) one line per ``interval`` seconds, without carriage returns, with rate and ETA.
 * :class:`LogProgress` — a ``transformers.TrainerCallback`` printing one line per ``every`` optimizer steps
   (and at the end) with the latest logged metrics, elapsed time and ETA. Register it with
   ``callbacks=[..., LogProgress("sft")]`` and pass ``disable_tqdm=not is_tty()`` to the trainer's args, so a
@@ -18,63 +17,10 @@ import os
 import sys
 import time
 
-from tqdm import tqdm
+from ..progress import format_seconds
 
 #: Metrics shown in a trainer progress line when logged (first found wins the order).
 SHOWN_METRICS = ("loss", "reward", "kl", "learning_rate", "mean_token_accuracy", "rollouts_per_second")
-
-
-def is_tty(stream=None) -> bool:
-    stream = stream if stream is not None else sys.stderr
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-class _Lines:
-    """A file for tqdm that writes each refresh as one plain line (carriage returns dropped)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, s: str) -> None:
-        s = s.replace("\r", "").strip()
-        if s:
-            self.stream.write(s + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress(
-    iterable=None, *, total: int | None = None, desc: str = "", interval: float = 30.0, stream=None, **kw
-):
-    """``tqdm(iterable, total=..., desc=...)``: a live bar on a terminal; on a log file one line per
-    ``interval`` seconds (plus the first and the last), e.g. ``eval test:  50%|#####     | 32/64 [00:10<00:10,
-    3.1it/s]`` — the part in brackets is elapsed<ETA."""
-    stream = stream if stream is not None else sys.stderr
-    if is_tty(stream):
-        return tqdm(iterable, total=total, desc=desc, file=stream, **kw)
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        file=_Lines(stream),
-        mininterval=interval,
-        maxinterval=max(interval, 10.0 * interval),
-        ascii=True,
-        ncols=80,
-        dynamic_ncols=False,
-        **kw,
-    )
-
-
-def format_seconds(s: float) -> str:
-    s = int(round(max(0.0, s)))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
 def _trainer_callback_base():

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data.schema import prompt_messages
 from .common import (
     lora_config,
     make_complete_marker_callback,
-    prompt_messages,
     shared_trainer_kwargs,
     target_text,
     train_resume_save,

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from grpo_vqa.data.images import DataError, RowError, load_image
+from grpo_vqa.data.relations import biased_indices
+from grpo_vqa.data.schema import vsr_solution
 
 SOURCES = ("hub", "local")
 _DOWNLOAD_TIMEOUT_S = 60
@@ -248,8 +250,6 @@ def relation_problem(subj: str, predicate: str, obj: str) -> str:
 
 def triplet_item(item_id: str, subj: str, pred: str, obj: str, label: int) -> dict:
     """A (subject, predicate, object) relation item in the pipeline's columns (Rel3D, SpatialSense)."""
-    from grpo_vqa.data.schema import vsr_solution
-
     return {
         "id": item_id,
         "problem": relation_problem(subj, pred, obj),
@@ -350,8 +350,6 @@ def check_image(path: Path, where: str) -> None:
 def biased_subset(name: str, pending: list[Pending], cfg: dict, seed: int) -> list[int]:
     """Indices of a seeded subset of relation items whose wording predicts the label with P = ``cfg["bias"]``
     (see :func:`grpo_vqa.data.relations.biased_indices`): ``limit`` items (null: as many as the pool has)."""
-    from grpo_vqa.data.relations import biased_indices
-
     missing = next((p for p in pending if "relation" not in p.item or "label" not in p.item), None)
     if missing is not None:
         raise DataError(f"{missing.where}: bias needs relation items (a relation and a label)")

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .common import replace_dir
+from ..io import replace_dir
 
 
 def adapter_base(adapter_dir: str | Path) -> str:
@@ -28,14 +28,14 @@ def merged_model(adapter_dir: str | Path, dtype: str = "float32"):
     :func:`merge_adapter` writes, so evaluating it gives what evaluating the saved merged model gives."""
     from peft import PeftModel
 
-    from ..models.loading import load_model
+    from .loading import load_model  # torch and transformers: imported when a model is loaded
 
     base = load_model(adapter_base(adapter_dir), dtype=dtype)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    from ..models.loading import load_processor
+    from .loading import load_processor
 
     adapter_dir = Path(adapter_dir)
     merged = merged_model(adapter_dir, dtype=dtype)
