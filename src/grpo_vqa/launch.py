@@ -31,7 +31,9 @@ from .config import ConfigError
 from .training.common import WALLTIME_SIGNAL
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[2] / "config" / "accelerate"
-DEFAULT_LAUNCH = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
+#: What a training section without ``launch`` (prompt tuning, the warm start) runs as. The sections that have
+#: one (sft, grpo) carry every key: config/config.yaml holds their defaults.
+ONE_PROCESS = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
 #: Rendezvous ports for SLURM jobs are taken from this range by job id (several jobs may share a node).
 PORT_BASE, PORT_SPAN = 20000, 20000
 #: CPUs per training/evaluation process of a pretrained (GPU) model: torch threads and data-loader workers.
@@ -39,8 +41,8 @@ GPU_RANK_CPUS = 8
 
 
 def launch_settings(launch: dict | None) -> dict:
-    """``launch`` with defaults filled in."""
-    return DEFAULT_LAUNCH | dict(launch or {})
+    """A stage's ``launch`` section (every key present), or :data:`ONE_PROCESS` for a stage without one."""
+    return ONE_PROCESS if launch is None else dict(launch)
 
 
 def world_size(launch: dict | None) -> int:
