@@ -29,6 +29,12 @@ def _schema_error_line(err) -> str:
         keys = ", ".join(_key_path([*where, k]) for k in extra)
         return f"config key {keys}: unknown key"
     if err.validator == "required":
+        missing = re.fullmatch(r"'(.+)' is a required property", err.message)
+        if missing and where and where[0] in TRAINING_SECTIONS:
+            return (
+                f"config key {_key_path([*where, missing.group(1)])}: missing (the top-level training sections "
+                "hold every setting's one default, as config/config.yaml does)"
+            )
         return f"config key {_key_path(where)}: {err.message}"
     if "propertyNames" in err.absolute_schema_path:
         return (
