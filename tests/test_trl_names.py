@@ -225,7 +225,10 @@ def test_a_recipe_old_name_and_a_missing_default_are_named(monkeypatch):
         validate_config(bad)
     bad = copy.deepcopy(cfg)
     del bad["sft"]["warmup_ratio"]  # the top-level sections hold every default
-    with pytest.raises(ConfigError, match=r"^config key sft\.warmup_ratio: missing \(the top-level training sections hold every"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config key sft\.warmup_ratio: missing \(the top-level training sections hold every",
+    ):
         validate_config(bad)
 
 
