@@ -141,7 +141,7 @@ def test_walltime_signal_during_startup_is_kept_by_the_launcher(launcher, tmp_pa
     script = tmp_path / "trainer.py"
     script.write_text(STARTUP_SIGNAL_SCRIPT)
     prefix = (
-        [sys.executable, "-m", "grpo_vqa.launch", "--launch-json", "{}", "--"]
+        [sys.executable, "-m", "grpo_vqa.launch", "--launch-json", json.dumps(launch()), "--"]
         if launcher
         else [sys.executable]
     )

@@ -42,7 +42,12 @@ GPU_RANK_CPUS = 8
 
 def launch_settings(launch: dict | None) -> dict:
     """A stage's ``launch`` section (every key present), or :data:`ONE_PROCESS` for a stage without one."""
-    return ONE_PROCESS if launch is None else dict(launch)
+    if launch is None:
+        return ONE_PROCESS
+    missing = [k for k in ONE_PROCESS if k not in launch]
+    if missing:
+        raise ConfigError(f"config key launch.{missing[0]}: missing (config/config.yaml holds its default)")
+    return dict(launch)
 
 
 def world_size(launch: dict | None) -> int:
