@@ -153,13 +153,15 @@ def test_walltime_signal_during_startup_is_kept_by_the_launcher(launcher, tmp_pa
 
 def test_launch_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"^config key grpo\.launch\.num_machines: 2 machines need a SLURM"):
-        launch_argv({"num_machines": 2}, ["s.py"], env={}, cuda=True, key="grpo.launch")
+        launch_argv(launch(num_machines=2), ["s.py"], env={}, cuda=True, key="grpo.launch")
     with pytest.raises(
         ConfigError, match=r"^config key sft\.launch\.deepspeed_stage: DeepSpeed ZeRO needs CUDA"
     ):
         launch_argv(
-            {"num_processes": 2, "deepspeed_stage": 2}, ["s.py"], env={}, cuda=False, key="sft.launch"
+            launch(num_processes=2, deepspeed_stage=2), ["s.py"], env={}, cuda=False, key="sft.launch"
         )
+    with pytest.raises(ConfigError, match=r"^config key sft\.launch\.num_machines: missing"):
+        launch_argv({"num_processes": 2, "deepspeed_stage": None}, ["s.py"], env={}, key="sft.launch")
 
 
 def test_slurm_resources_follow_the_switches():

@@ -40,13 +40,13 @@ PORT_BASE, PORT_SPAN = 20000, 20000
 GPU_RANK_CPUS = 8
 
 
-def launch_settings(launch: dict | None) -> dict:
+def launch_settings(launch: dict | None, key: str = "launch") -> dict:
     """A stage's ``launch`` section (every key present), or :data:`ONE_PROCESS` for a stage without one."""
     if launch is None:
         return ONE_PROCESS
     missing = [k for k in ONE_PROCESS if k not in launch]
     if missing:
-        raise ConfigError(f"config key launch.{missing[0]}: missing (config/config.yaml holds its default)")
+        raise ConfigError(f"config key {key}.{missing[0]}: missing (config/config.yaml holds its default)")
     return dict(launch)
 
 
@@ -100,7 +100,7 @@ def launch_argv(
     ``key`` names the config section in errors.
     """
     env = dict(os.environ if env is None else env)
-    s = launch_settings(launch)
+    s = launch_settings(launch, key)
     procs, machines, stage = int(s["num_processes"]), int(s["num_machines"]), s["deepspeed_stage"]
     if procs * machines == 1:
         if stage is not None:
