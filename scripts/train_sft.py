@@ -16,7 +16,7 @@ def main() -> None:
     rows = sft_rows(
         load_split(args.data, "train"),
         cfg.get("system_prompt"),
-        target=cfg["sft"].get("target", "think_answer"),
+        target=cfg["sft"]["target"],
     )
     result = run_sft(
         model,

@@ -26,10 +26,10 @@ EXP = "vsr_qwen"
 TINY = {
     "models": {"qwen": {"pretrain": {"steps": 0, "n_images": 8, "batch_size": 4}}},
     "datasets": {"vsr_synth": {"splits": {"train": 16, "val": 8, "test": 8}}},
-    "sft": {"max_steps": 4, "batch_size": 4, "save_steps": 1},
+    "sft": {"max_steps": 4, "per_device_train_batch_size": 4, "save_steps": 1},
     "grpo": {
         "max_steps": 3,
-        "batch_size": 4,
+        "per_device_train_batch_size": 4,
         "num_generations": 2,
         "max_completion_length": 8,
         "save_steps": 1,

@@ -22,7 +22,7 @@ def test_stage_config_applies_experiment_overrides():
     cfg = deep_merge(CONFIG, {"experiments": {"vsr_qwen": {"grpo": {"max_steps": 7, "lora": {"r": 4}}}}})
     grpo = stage_config(cfg, "vsr_qwen", "grpo")
     assert grpo["max_steps"] == 7 and grpo["lora"]["r"] == 4
-    assert grpo["lora"]["alpha"] == CONFIG["grpo"]["lora"]["alpha"]
+    assert grpo["lora"]["lora_alpha"] == CONFIG["grpo"]["lora"]["lora_alpha"]
     assert stage_config(cfg, "vsr_smolvlm", "grpo")["max_steps"] == CONFIG["grpo"]["max_steps"]
     assert CONFIG["grpo"]["lora"]["r"] == 16  # the input was not modified
 

@@ -24,9 +24,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from config_helpers import lora, train_section
 
-from grpo_vqa.config import ConfigError, per_device_batch_size
-from grpo_vqa.launch import accelerate_config_file, launch_argv, rule_command, slurm_resources
+from grpo_vqa.config import ConfigError, global_batch_size
+from grpo_vqa.launch import ONE_PROCESS, accelerate_config_file, launch_argv, rule_command, slurm_resources
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -34,18 +35,21 @@ SEED = 7
 #: 6.4e-5 at loss 5.91 (1e-5 relative; each device pads its batch to its own longest row, so the matmul shapes
 #: differ). A different batch composition moves the loss by ~5e-3 here (steps 1 vs 2), 80x the tolerance.
 SFT_LOSS_TOL = 2e-4
-SFT = {
-    "max_steps": 3,
-    "learning_rate": 2.0e-3,
-    "batch_size": 4,
-    "lr_scheduler": "constant",
-    "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
-    "save_steps": 2,
-}
-GRPO = {
+#: The global batches (one optimizer step) both runs share; each run's per_device_train_batch_size is this
+#: divided by its process count (TRL's arithmetic: per device x accumulation x processes).
+GLOBAL_BATCH = {"sft": 4, "grpo": 8}
+SFT = train_section(
+    "sft",
+    max_steps=3,
+    learning_rate=2.0e-3,
+    lr_scheduler_type="constant",
+    warmup_ratio=0.0,
+    lora=lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    save_steps=2,
+)
+GRPO = train_section("grpo") | {
     "max_steps": 2,
     "learning_rate": 1.0e-3,
-    "batch_size": 8,
     "num_generations": 4,
     "max_completion_length": 6,
     "temperature": 1.0,
@@ -54,7 +58,7 @@ GRPO = {
     "loss_type": "dapo",
     "rewards": ["format", "record_ids"],
     "reward_weights": [1.0, 0.0],
-    "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
+    "lora": lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     "save_steps": 2,
     "rollout_engine": "hf",
 }
@@ -63,21 +67,27 @@ GRPO = {
 # ----------------------------------------------------------------------------------- launcher (no training)
 
 
+def launch(**kw) -> dict:
+    """A complete launch section (one process unless ``kw`` says otherwise)."""
+    return ONE_PROCESS | kw
+
+
 def test_one_process_runs_the_script_with_plain_python():
-    argv = launch_argv({"num_processes": 1}, ["s.py", "--x", "1"], env={})
+    argv = launch_argv(launch(), ["s.py", "--x", "1"], env={})
     assert argv == [sys.executable, "s.py", "--x", "1"]
 
 
 def test_one_process_sees_one_gpu():
     from grpo_vqa.launch import launch_env
 
-    assert launch_env({"num_processes": 1}, {})["CUDA_VISIBLE_DEVICES"] == "0"
-    assert launch_env({"num_processes": 1}, {"CUDA_VISIBLE_DEVICES": "3"})["CUDA_VISIBLE_DEVICES"] == "3"
-    assert "CUDA_VISIBLE_DEVICES" not in launch_env({"num_processes": 2}, {})
+    assert launch_env(launch(), {})["CUDA_VISIBLE_DEVICES"] == "0"
+    assert launch_env(None, {})["CUDA_VISIBLE_DEVICES"] == "0"  # a stage without launch: one process
+    assert launch_env(launch(), {"CUDA_VISIBLE_DEVICES": "3"})["CUDA_VISIBLE_DEVICES"] == "3"
+    assert "CUDA_VISIBLE_DEVICES" not in launch_env(launch(num_processes=2), {})
 
 
 def test_two_processes_use_accelerate_with_the_repo_config_and_no_cpu_flag():
-    argv = launch_argv({"num_processes": 2}, ["s.py", "--x"], env={}, cuda=False)
+    argv = launch_argv(launch(num_processes=2), ["s.py", "--x"], env={}, cuda=False)
     assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     opts = dict(zip(argv[3:-2:2], argv[4:-2:2], strict=True))
     assert opts["--config_file"] == str(accelerate_config_file(None))
@@ -91,7 +101,7 @@ def test_several_machines_take_rank_and_rendezvous_from_slurm():
     env = {"SLURM_NODEID": "3", "SLURM_JOB_NODELIST": "gpu[07-10]", "SLURM_JOB_ID": "4242"}
     seen = []
     argv = launch_argv(
-        {"num_processes": 4, "num_machines": 4, "deepspeed_stage": 3},
+        launch(num_processes=4, num_machines=4, deepspeed_stage=3),
         ["s.py"],
         env=env,
         cuda=True,
@@ -104,11 +114,13 @@ def test_several_machines_take_rank_and_rendezvous_from_slurm():
     assert opts["--config_file"].endswith("config/accelerate/zero3.yaml")
     # every node derives the same port from the job id
     again = launch_argv(
-        {"num_processes": 4, "num_machines": 4}, ["s.py"], env=env, cuda=True, hosts=lambda n: "x"
+        launch(num_processes=4, num_machines=4), ["s.py"], env=env, cuda=True, hosts=lambda n: "x"
     )
     assert again[again.index("--main_process_port") + 1] == opts["--main_process_port"]
-    assert rule_command({"num_machines": 4}, "grpo.launch").startswith("srun --overlap --nodes=4 --ntasks=4 ")
-    assert rule_command({}, "grpo.launch").startswith("python -m grpo_vqa.launch ")
+    assert rule_command(launch(num_machines=4), "grpo.launch").startswith(
+        "srun --overlap --nodes=4 --ntasks=4 "
+    )
+    assert rule_command(launch(), "grpo.launch").startswith("python -m grpo_vqa.launch ")
 
 
 #: A "trainer" that is sent the walltime warning while it starts up (before it handles the signal), then
@@ -129,7 +141,7 @@ def test_walltime_signal_during_startup_is_kept_by_the_launcher(launcher, tmp_pa
     script = tmp_path / "trainer.py"
     script.write_text(STARTUP_SIGNAL_SCRIPT)
     prefix = (
-        [sys.executable, "-m", "grpo_vqa.launch", "--launch-json", "{}", "--"]
+        [sys.executable, "-m", "grpo_vqa.launch", "--launch-json", json.dumps(launch()), "--"]
         if launcher
         else [sys.executable]
     )
@@ -141,36 +153,39 @@ def test_walltime_signal_during_startup_is_kept_by_the_launcher(launcher, tmp_pa
 
 def test_launch_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"^config key grpo\.launch\.num_machines: 2 machines need a SLURM"):
-        launch_argv({"num_machines": 2}, ["s.py"], env={}, cuda=True, key="grpo.launch")
+        launch_argv(launch(num_machines=2), ["s.py"], env={}, cuda=True, key="grpo.launch")
     with pytest.raises(
         ConfigError, match=r"^config key sft\.launch\.deepspeed_stage: DeepSpeed ZeRO needs CUDA"
     ):
         launch_argv(
-            {"num_processes": 2, "deepspeed_stage": 2}, ["s.py"], env={}, cuda=False, key="sft.launch"
+            launch(num_processes=2, deepspeed_stage=2), ["s.py"], env={}, cuda=False, key="sft.launch"
         )
+    with pytest.raises(ConfigError, match=r"^config key sft\.launch\.num_machines: missing"):
+        launch_argv({"num_processes": 2, "deepspeed_stage": None}, ["s.py"], env={}, key="sft.launch")
 
 
 def test_slurm_resources_follow_the_switches():
-    r = slurm_resources({"num_processes": 4, "num_machines": 2}, gpu_model=True, threads=1)
+    r = slurm_resources(launch(num_processes=4, num_machines=2), gpu_model=True, threads=1)
     assert r == {"nodes": 2, "tasks": 2, "tasks_per_gpu": 0, "cpus_per_task": 32, "gpu": 0, "gres": "gpu:4"}
-    r = slurm_resources({"num_processes": 2}, gpu_model=True, threads=1)
+    r = slurm_resources(launch(num_processes=2), gpu_model=True, threads=1)
     assert r["gpu"] == 2 and r["gres"] == "" and r["nodes"] == 1 and r["cpus_per_task"] == 16
     r = slurm_resources(None, gpu_model=False, threads=2)
     assert r["gpu"] == 0 and r["nodes"] == 1 and r["cpus_per_task"] == 2
 
 
-def test_batch_size_is_global():
-    cfg = {"batch_size": 32, "grad_accum": 2, "launch": {"num_processes": 2, "num_machines": 2}}
-    assert per_device_batch_size(cfg, "sft") == 4
-    assert per_device_batch_size({"batch_size": 32}, "sft") == 32
+def test_global_batch_follows_trl():
+    """per_device_train_batch_size is per process (TRL's meaning): the global batch grows with the processes."""
+    cfg = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}
+    assert global_batch_size(cfg | {"launch": launch(num_processes=2, num_machines=2)}, "sft") == 32
+    assert global_batch_size(cfg | {"launch": launch()}, "sft") == 8
+    grpo = {"per_device_train_batch_size": 6, "gradient_accumulation_steps": 1, "num_generations": 8}
     with pytest.raises(
-        ConfigError, match=r"^config key experiments\.e\.sft\.batch_size: the global batch 6 "
+        ConfigError,
+        match=r"^config key experiments\.e\.grpo\.per_device_train_batch_size: the global batch .* = 12 "
+        r"completions is not a multiple of num_generations = 8",
     ):
-        per_device_batch_size({"batch_size": 6, "launch": {"num_processes": 4}}, "experiments.e.sft", "sft")
-    with pytest.raises(
-        ConfigError, match=r"^config key grpo\.batch_size: 12 completions .* num_generations = 8"
-    ):
-        per_device_batch_size({"batch_size": 12, "num_generations": 8}, "grpo")
+        global_batch_size(grpo | {"launch": launch(num_processes=2)}, "experiments.e.grpo")
+    assert global_batch_size(grpo | {"launch": launch(num_processes=4)}, "grpo") == 24
 
 
 def test_validate_config_checks_experiment_overrides():
@@ -182,8 +197,10 @@ def test_validate_config_checks_experiment_overrides():
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     bad = copy.deepcopy(cfg)
-    bad["experiments"]["vsr_qwen"]["grpo"] = {"launch": {"num_processes": 3}}
-    with pytest.raises(ConfigError, match=r"^config key experiments\.vsr_qwen\.grpo\.batch_size: the global"):
+    bad["experiments"]["vsr_qwen"]["grpo"] = {"per_device_train_batch_size": 12}
+    with pytest.raises(
+        ConfigError, match=r"^config key experiments\.vsr_qwen\.grpo\.per_device_train_batch_size: the global"
+    ):
         validate_config(bad)
     bad["experiments"]["vsr_qwen"]["grpo"] = {"launch": {"deepspeed_stage": 1}}
     with pytest.raises(
@@ -228,11 +245,13 @@ def inputs(tmp_path_factory):
 def _launch(inputs, procs: int, name: str | None = None, grpo: bool = True) -> Path:
     root, model = inputs
     out = root / (name or f"p{procs}")
-    launch = {"num_processes": procs, "num_machines": 1, "deepspeed_stage": None}
+    procs_launch = launch(num_processes=procs)
     common = ["--threads", "1", "--model", str(model), "--data", str(root / "data")]
 
     def stage_args(stage, cfg):
-        cfg_json = json.dumps({stage: cfg | {"launch": launch}, "seed": SEED, "system_prompt": None})
+        # the same global batch on any process count: each process takes its share
+        cfg = cfg | {"launch": procs_launch, "per_device_train_batch_size": GLOBAL_BATCH[stage] // procs}
+        cfg_json = json.dumps({stage: cfg, "seed": SEED, "system_prompt": None})
         return [
             "--config-json",
             cfg_json,
@@ -253,7 +272,7 @@ def _launch(inputs, procs: int, name: str | None = None, grpo: bool = True) -> P
     }
     env |= {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        launch_argv(launch, probe, env=env, cuda=False),
+        launch_argv(procs_launch, probe, env=env, cuda=False),
         env=env,
         capture_output=True,
         text=True,

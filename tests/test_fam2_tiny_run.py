@@ -38,7 +38,12 @@ TINY = {
             "evaluation": {"max_new_tokens": 12},
         },
     },
-    "prompt_tuning": {"max_steps": 2, "batch_size": 8, "save_steps": 1, "num_virtual_tokens": 4},
+    "prompt_tuning": {
+        "max_steps": 2,
+        "per_device_train_batch_size": 8,
+        "save_steps": 1,
+        "num_virtual_tokens": 4,
+    },
 }
 
 

@@ -8,6 +8,7 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from config_helpers import lora, train_section  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -356,13 +357,15 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
     from grpo_vqa.training.sft import run_sft
 
     rows = sft_rows_answering_true(7)  # the last checkpoint falls mid-epoch, as in a real run
-    cfg = {
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "batch_size": 2,
-        "save_steps": 1,
-        "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
-    }
+    cfg = train_section(
+        "sft",
+        max_steps=2,
+        learning_rate=1e-3,
+        per_device_train_batch_size=2,
+        warmup_ratio=0.0,
+        save_steps=1,
+        lora=lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
     path = str(built["qwen2_5_vl"])
     first = run_sft(path, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0)
     again = run_sft(path, rows, tmp_path / "b", tmp_path / "ck", cfg, seed=0)
@@ -381,10 +384,12 @@ def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_pa
 
     rows = sft_rows_answering_true(4)
     path = str(built["qwen2_5_vl"])
-    lora = {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
-    cfg = {"max_steps": 2, "learning_rate": 1e-2, "batch_size": 2, "save_steps": 10}
-    for name, extra in (("plain", {}), ("mts", {"modules_to_save": ["lm_head"]})):
-        run_sft(path, rows, tmp_path / name, tmp_path / f"ck-{name}", cfg | {"lora": lora | extra}, seed=0)
+    cfg = train_section(
+        "sft", max_steps=2, learning_rate=1e-2, per_device_train_batch_size=2, warmup_ratio=0.0, save_steps=10
+    )
+    for name, mts in (("plain", []), ("mts", ["lm_head"])):
+        adapter = lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=mts)
+        run_sft(path, rows, tmp_path / name, tmp_path / f"ck-{name}", cfg | {"lora": adapter}, seed=0)
         merge_adapter(tmp_path / name, tmp_path / f"{name}-merged")
     saved = load_file(tmp_path / "mts" / "adapter_model.safetensors")
     assert any("lm_head" in k for k in saved)
@@ -406,8 +411,11 @@ def test_evaluating_an_adapter_loads_the_weights_merge_lora_saves(built, tmp_pat
     from grpo_vqa.models.merge import is_lora_adapter, merge_adapter
     from grpo_vqa.training.sft import run_sft
 
-    lora = {"r": 4, "alpha": 8, "targets": "all-linear", "modules_to_save": ["lm_head"]}
-    cfg = {"max_steps": 2, "learning_rate": 1e-2, "batch_size": 2, "save_steps": 10, "lora": lora}
+    adapter = lora(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["lm_head"])
+    cfg = train_section(
+        "sft", max_steps=2, learning_rate=1e-2, per_device_train_batch_size=2, warmup_ratio=0.0, save_steps=10
+    )
+    cfg |= {"lora": adapter}
     run_sft(str(built[arch]), sft_rows_answering_true(4), tmp_path / "a", tmp_path / "ck", cfg, seed=0)
     merge_adapter(tmp_path / "a", tmp_path / "merged")
     assert is_lora_adapter(tmp_path / "a") and not is_lora_adapter(tmp_path / "merged")

@@ -86,7 +86,9 @@ def local_dataset_config(tmp_path: Path) -> Path:
                 "real": {"local_dir": str(root), "splits": {"train": "train", "val": "dev", "test": "test"}},
             }
         },
-        "experiments": {EXP: {"model": "qwen", "dataset": DATASET, "sft": {"batch_size": 4}}},
+        "experiments": {
+            EXP: {"model": "qwen", "dataset": DATASET, "sft": {"per_device_train_batch_size": 4}}
+        },
         "sft": {"max_steps": 4, "save_steps": 2},
     }
     path = tmp_path / "offline.yaml"

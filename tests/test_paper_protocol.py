@@ -116,17 +116,31 @@ def test_3_no_system_prompt_and_the_r1_instruction_in_the_user_turn(plan):
 
 
 def test_4_study_hyperparameters(plan):
-    lora = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear", "modules_to_save": []}
+    # TRL's and PEFT's own names: a study script's flags map one to one
+    lora = {
+        "r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": "all-linear",
+        "modules_to_save": [],
+    }
     for exp in VSR_ARMS:
         sft = job(plan, "sft", exp=exp).cfg
         assert sft["seed"] == 42
         s = sft["sft"]
-        assert (s["learning_rate"], s["batch_size"], s["grad_accum"]) == (1e-5, 4, 1)
-        assert (s["max_steps"], s["num_train_epochs"], s["lr_scheduler"]) == (-1, 2, "linear")
+        assert (s["learning_rate"], s["per_device_train_batch_size"], s["gradient_accumulation_steps"]) == (
+            1e-5,
+            4,
+            1,
+        )
+        assert (s["max_steps"], s["num_train_epochs"], s["lr_scheduler_type"]) == (-1, 2, "linear")
+        assert s["launch"]["num_processes"] * s["launch"]["num_machines"] == 1  # so 4 is the global batch too
         assert s["fp16"] and s["gradient_checkpointing"] and s["lora"] == lora
         g = job(plan, "grpo", exp=exp).cfg["grpo"]
-        assert (g["learning_rate"], g["batch_size"], g["num_generations"], g["grad_accum"]) == (1e-5, 4, 4, 1)
-        assert g["batch_size"] // g["num_generations"] == 1  # one prompt a step: 2 x 1,000 = 2,000 steps
+        per_step = g["per_device_train_batch_size"] * g["gradient_accumulation_steps"]
+        assert (g["learning_rate"], per_step, g["num_generations"]) == (1e-5, 4, 4)
+        assert g["launch"]["num_processes"] * g["launch"]["num_machines"] == 1
+        assert per_step // g["num_generations"] == 1  # one prompt a step: 2 x 1,000 = 2,000 steps
         assert (g["max_steps"], g["num_train_epochs"]) == (-1, 2)
         assert g["fp16"] and g["gradient_checkpointing"] and g["lora"] == lora
 
@@ -171,15 +185,23 @@ def test_8_bias_sets_undersample_the_minority_label(plan):
 def test_9_two_soft_prompt_recipes_and_the_distillation_edge(plan):
     direct = job(plan, "prompt_tune", exp="vsr_qwen", pt="pt_direct")
     d = direct.cfg["prompt_tuning"]
-    assert (d["num_virtual_tokens"], d["init"], d["learning_rate"]) == (5, "random", 1e-2)
-    assert (d["batch_size"] // d["grad_accum"], d["grad_accum"], d["num_train_epochs"]) == (8, 2, 1)
+    assert (d["num_virtual_tokens"], d["prompt_tuning_init"], d["learning_rate"]) == (5, "RANDOM", 1e-2)
+    assert (d["per_device_train_batch_size"], d["gradient_accumulation_steps"], d["num_train_epochs"]) == (
+        8,
+        2,
+        1,
+    )
     assert d["completion"] == "answer" and "direct" not in d and "reason" not in d
     scored = job(plan, "evaluate", exp="vsr_qwen", stage="pt_direct").cfg
     assert scored["next_token_labels"] == ["True", "False"]
     reason = job(plan, "prompt_tune", exp="vsr_qwen", pt="pt_reason")
     r = reason.cfg["prompt_tuning"]
     assert (r["num_virtual_tokens"], r["learning_rate"]) == (10, 2e-2)
-    assert (r["batch_size"] // r["grad_accum"], r["grad_accum"], r["num_train_epochs"]) == (8, 4, 2)
+    assert (r["per_device_train_batch_size"], r["gradient_accumulation_steps"], r["num_train_epochs"]) == (
+        8,
+        4,
+        2,
+    )
     assert r["completion"] == "grpo_responses"
     assert "results/eval/vsr_qwen/grpo/generated_responses_train.json" in reason.inputs
     assert "next_token_labels" not in job(plan, "evaluate", exp="vsr_qwen", stage="pt_reason").cfg
@@ -270,7 +292,14 @@ def test_sft_target_is_the_bare_answer():
 def test_lora_all_linear_spares_the_vision_tower_and_the_output_layer():
     from grpo_vqa.training.common import lora_config
 
-    cfg = lora_config({"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"})
+    lora = {
+        "r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": "all-linear",
+        "modules_to_save": [],
+    }
+    cfg = lora_config(lora)
     assert cfg.target_modules == "all-linear"
     for name in (
         "model.visual.blocks.0.attn.qkv",
@@ -283,9 +312,14 @@ def test_lora_all_linear_spares_the_vision_tower_and_the_output_layer():
 
 
 def test_epochs_reach_the_trainer_with_max_steps_minus_one(tmp_path):
+    from config_helpers import train_section
+
     from grpo_vqa.training.common import shared_trainer_kwargs
 
-    cfg = {"max_steps": -1, "num_train_epochs": 2, "learning_rate": 1e-5, "batch_size": 4, "fp16": True}
+    cfg = train_section(
+        "sft", max_steps=-1, num_train_epochs=2, learning_rate=1e-5, per_device_train_batch_size=4
+    )
+    cfg |= {"fp16": True}
     kw = shared_trainer_kwargs(cfg, tmp_path, 42, None, "bfloat16")
     assert (kw["max_steps"], kw["num_train_epochs"], kw["per_device_train_batch_size"]) == (-1, 2.0, 4)
     import torch

@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from config_helpers import train_section  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from grpo_vqa.models.loading import build_messages, load_model, load_processor  # noqa: E402
@@ -45,7 +46,10 @@ def batch(processor):
 def soft_prompted(path: str):
     from peft import get_peft_model
 
-    model = get_peft_model(load_model(path), prompt_tuning_config({"num_virtual_tokens": N_VIRTUAL}, path))
+    model = get_peft_model(
+        load_model(path),
+        prompt_tuning_config(train_section("prompt_tuning", num_virtual_tokens=N_VIRTUAL), path),
+    )
     torch.manual_seed(0)
     with torch.no_grad():  # a prompt far from the init text, so that a wrong position would show
         for p in model.prompt_encoder.parameters():
@@ -54,14 +58,15 @@ def soft_prompted(path: str):
 
 
 def test_completion_targets():
-    kind = {t: completion_kind(t, {}) for t in ("direct", "reason")}
+    # config/config.yaml's recipes: direct trains <answer>X</answer>, reason the SFT target
+    kind = {t: completion_kind(t, train_section("prompt_tuning", t)) for t in ("direct", "reason")}
     assert completion_for(kind["direct"], "I see it.", "True") == "<answer>True</answer>"
     assert (
         completion_for(kind["reason"], "I see it.", "True") == "<think>I see it.</think><answer>True</answer>"
     )
     assert completion_for(completion_kind("direct", {"completion": "answer"}), "I see it.", "True") == "True"
     with pytest.raises(ValueError, match="target 'both'"):
-        completion_kind("both", {})
+        completion_kind("both", {"completion": "answer"})
     with pytest.raises(ValueError, match="prompt_tuning.reason.completion"):
         completion_kind("reason", {"completion": "bare"})
 
@@ -185,12 +190,19 @@ def test_prompt_tuning_trains_the_prompt_only_resumes_and_evaluates(qwen, tmp_pa
             }
         )
     ds = datasets.Dataset.from_list(items)
-    rows = prompt_tuning_rows(ds, None, "reason")
+    rows = prompt_tuning_rows(ds, None, "reason", train_section("prompt_tuning", "reason"))
     assert rows[1]["completion"][0]["content"][0]["text"] == (
         "<think>I see a red circle.</think><answer>True</answer>"
     )
-    cfg = {"num_virtual_tokens": N_VIRTUAL, "max_steps": 2, "learning_rate": 0.05, "batch_size": 2}
-    cfg |= {"save_steps": 1}
+    cfg = train_section(
+        "prompt_tuning", "reason", num_virtual_tokens=N_VIRTUAL, max_steps=2, learning_rate=0.05
+    )
+    cfg |= {
+        "per_device_train_batch_size": 2,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.0,
+        "save_steps": 1,
+    }
     first = run_prompt_tuning(qwen, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0)
     assert [h["step"] for h in first["history"]] == [1, 2]
     weights = load_file(tmp_path / "a" / "adapter_model.safetensors")

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from config_helpers import train_section  # noqa: E402
 from reliability_helpers import case  # noqa: E402
 
 from grpo_vqa.training.common import (  # noqa: E402
@@ -60,9 +61,10 @@ def trainer(ckpt_dir: Path):
     from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    cfg = {"max_steps": MAX_STEPS, "learning_rate": 1e-2, "batch_size": 4}
+    cfg = train_section("sft", max_steps=MAX_STEPS, learning_rate=1e-2, per_device_train_batch_size=4)
+    cfg |= {"save_steps": 1, "lr_scheduler_type": "cosine"}
     kwargs = shared_trainer_kwargs(cfg, ckpt_dir, seed=0, log_dir=None, dtype="float32")
-    args = TrainingArguments(**kwargs, save_steps=1, logging_steps=1, lr_scheduler_type="cosine")
+    args = TrainingArguments(**kwargs, logging_steps=1)
     return Trainer(
         model=Regressor(),
         args=args,

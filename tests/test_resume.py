@@ -42,7 +42,7 @@ UPSTREAM = ["results/data", "results/models", f"results/runs/{EXP}/sft"]
 SAVE_STEPS = 4
 #: 8 prompts x 4 completions a step: 8 steps an epoch on the 64 training items, so the kill and the resume
 #: fall in a later epoch (the data order of a resumed epoch is part of what is checked).
-GRPO_SHAPE = {"batch_size": 32, "num_generations": 4}
+GRPO_SHAPE = {"per_device_train_batch_size": 32, "num_generations": 4}
 #: Walltime of the GRPO job in minutes, without / with the walltime signal: 1 (killed) or 3 (signalled 60-120 s
 #: before the end) on the first attempt, then 15 and 29 on the retries (which the signal never reaches).
 GRPO_RUNTIME = {False: "1 + 14 * (attempt - 1)", True: "3 + 12 * (attempt - 1)"}

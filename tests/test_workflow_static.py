@@ -48,6 +48,16 @@ def test_one_table_target_plans_only_what_it_needs(tmp_path):
         ),
         ({"sft": {"learning_rate": -0.1}}, "config key sft.learning_rate"),
         ({"bogus_key": 3}, "config key bogus_key: unknown key"),
+        # the training sections use TRL's / PEFT's names; an old name is refused with the new one
+        (
+            {"sft": {"lr_scheduler": "cosine"}},
+            "config key sft.lr_scheduler: renamed to sft.lr_scheduler_type",
+        ),
+        (
+            {"experiments": {"vsr_qwen": {"grpo": {"lora": {"targets": ["q_proj"]}}}}},
+            "config key experiments.vsr_qwen.grpo.lora.targets: renamed to "
+            "experiments.vsr_qwen.grpo.lora.target_modules",
+        ),
         ({"sft": {"max_steps": "ten"}}, "config key sft.max_steps: 'ten' is not of type 'integer'"),
         (
             {"experiments": {"vsr_qwen": {"model": "nope"}}},

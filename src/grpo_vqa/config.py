@@ -31,6 +31,12 @@ def _schema_error_line(err) -> str:
         keys = ", ".join(_key_path([*where, k]) for k in extra)
         return f"config key {keys}: unknown key"
     if err.validator == "required":
+        missing = re.fullmatch(r"'(.+)' is a required property", err.message)
+        if missing and where and where[0] in TRAINING_SECTIONS:
+            return (
+                f"config key {_key_path([*where, missing.group(1)])}: missing (the top-level training sections "
+                "hold every setting's one default, as config/config.yaml does)"
+            )
         return f"config key {_key_path(where)}: {err.message}"
     if "propertyNames" in err.absolute_schema_path:
         return (
@@ -63,6 +69,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None
     """Check ``config`` against the schema and cross-references; raise :class:`ConfigError` on the first fault."""
     import jsonschema
 
+    check_renamed_keys(config)
     validator = jsonschema.Draft202012Validator(load_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.path)))
     if errors:
@@ -92,11 +99,56 @@ def check_references(config: dict) -> None:
         if ds["source"] != "synthetic" and not ds.get("loader"):
             raise ConfigError(f"config key datasets.{name}.loader: required when source is {ds['source']!r}")
     check_output_collisions(config)
-    for stage in ("sft", "grpo"):
-        per_device_batch_size(config[stage], stage)
-        for name in config["experiments"]:
-            if stage in config["experiments"][name]:
-                per_device_batch_size(stage_config(config, name, stage), f"experiments.{name}.{stage}", stage)
+    global_batch_size(config["grpo"], "grpo")
+    for name in config["experiments"]:
+        if "grpo" in config["experiments"][name]:
+            global_batch_size(stage_config(config, name, "grpo"), f"experiments.{name}.grpo")
+
+
+#: Training-section keys renamed to TRL's / PEFT's own argument names (old -> new), by where they sit.
+RENAMED_KEYS = {
+    "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "lr_scheduler": "lr_scheduler_type",
+}
+RENAMED_PROMPT_TUNING_KEYS = {"init": "prompt_tuning_init", "init_text": "prompt_tuning_init_text"}
+RENAMED_LORA_KEYS = {"alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
+TRAINING_SECTIONS = ("sft", "grpo", "prompt_tuning")
+
+
+def _renamed_key_error(key: str, old: str, new: str) -> ConfigError:
+    note = ""
+    if old == "batch_size":
+        note = (
+            " (TRL's meaning: the batch of one process; the old batch_size was the global batch, now "
+            "per_device_train_batch_size x gradient_accumulation_steps x launch processes)"
+        )
+    elif old == "init":
+        note = " (PEFT's values: TEXT or RANDOM)"
+    return ConfigError(f"config key {key}.{old}: renamed to {key}.{new}{note}")
+
+
+def check_renamed_keys(config: dict) -> None:
+    """A training section that still uses a key's old name gets one line naming the new (TRL/PEFT) name."""
+    sections = [(s, config.get(s)) for s in TRAINING_SECTIONS]
+    for name, exp in (config.get("experiments") or {}).items():
+        if isinstance(exp, dict):
+            sections += [(f"experiments.{name}.{s}", exp.get(s)) for s in TRAINING_SECTIONS]
+    for key, section in sections:
+        if not isinstance(section, dict):
+            continue
+        parts = [(key, section)]
+        if key.endswith("prompt_tuning"):
+            parts += [(f"{key}.{r}", section.get(r)) for r in PT_RECIPES if isinstance(section.get(r), dict)]
+        for where, part in parts:
+            renamed = RENAMED_KEYS | (RENAMED_PROMPT_TUNING_KEYS if "prompt_tuning" in where else {})
+            for old, new in renamed.items():
+                if old in part:
+                    raise _renamed_key_error(where, old, new)
+            if isinstance(part.get("lora"), dict):
+                for old, new in RENAMED_LORA_KEYS.items():
+                    if old in part["lora"]:
+                        raise _renamed_key_error(f"{where}.lora", old, new)
 
 
 #: Table names whose outputs other rules write (results/tables/<name>.md).
@@ -182,27 +234,20 @@ def sft_source(config: dict, experiment: str) -> str:
     return config["experiments"][experiment].get("sft_from") or experiment
 
 
-def per_device_batch_size(cfg: dict, key: str, stage: str | None = None) -> int:
-    """Per-process batch of a training stage whose ``batch_size`` is the GLOBAL batch of one optimizer step:
-    ``batch_size / (launch.num_processes * launch.num_machines * grad_accum)``, which must be a whole number.
-    For GRPO ``batch_size`` counts completions and must also be a multiple of ``num_generations`` (TRL's
-    generation batch is the global batch). ``key`` names the config section in errors."""
-    stage = stage or key.rsplit(".", 1)[-1]
-    launch = cfg.get("launch") or {}
-    procs = int(launch.get("num_processes", 1)) * int(launch.get("num_machines", 1))
-    accum = int(cfg.get("grad_accum", 1))
-    batch = int(cfg["batch_size"])
-    if batch % (procs * accum):
+def global_batch_size(cfg: dict, key: str) -> int:
+    """Items (GRPO: completions) one optimizer step sees: ``per_device_train_batch_size x
+    gradient_accumulation_steps x launch.num_processes x launch.num_machines`` (TRL's arithmetic). For GRPO it
+    is TRL's generation batch and must be a multiple of ``num_generations``. ``key`` names the section in errors."""
+    launch = cfg["launch"]
+    procs = int(launch["num_processes"]) * int(launch["num_machines"])
+    batch = int(cfg["per_device_train_batch_size"]) * int(cfg["gradient_accumulation_steps"]) * procs
+    if "num_generations" in cfg and batch % int(cfg["num_generations"]):
         raise ConfigError(
-            f"config key {key}.batch_size: the global batch {batch} is not divisible by "
-            f"launch.num_processes x launch.num_machines x grad_accum = {procs * accum}"
+            f"config key {key}.per_device_train_batch_size: the global batch per_device_train_batch_size x "
+            f"gradient_accumulation_steps x launch.num_processes x launch.num_machines = {batch} completions is "
+            f"not a multiple of num_generations = {cfg['num_generations']}"
         )
-    if stage == "grpo" and batch % int(cfg["num_generations"]):
-        raise ConfigError(
-            f"config key {key}.batch_size: {batch} completions per step is not a multiple of "
-            f"num_generations = {cfg['num_generations']}"
-        )
-    return batch // (procs * accum)
+    return batch
 
 
 def check_model_path(key: str, path: str | None) -> None:

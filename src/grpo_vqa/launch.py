@@ -32,16 +32,23 @@ from .resources import resource_dir
 from .walltime import WALLTIME_SIGNAL
 
 ACCELERATE_DIR = resource_dir("accelerate")
-DEFAULT_LAUNCH = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
+#: What a training section without ``launch`` (prompt tuning, the warm start) runs as. The sections that have
+#: one (sft, grpo) carry every key: config/config.yaml holds their defaults.
+ONE_PROCESS = {"num_processes": 1, "num_machines": 1, "deepspeed_stage": None}
 #: Rendezvous ports for SLURM jobs are taken from this range by job id (several jobs may share a node).
 PORT_BASE, PORT_SPAN = 20000, 20000
 #: CPUs per training/evaluation process of a pretrained (GPU) model: torch threads and data-loader workers.
 GPU_RANK_CPUS = 8
 
 
-def launch_settings(launch: dict | None) -> dict:
-    """``launch`` with defaults filled in."""
-    return DEFAULT_LAUNCH | dict(launch or {})
+def launch_settings(launch: dict | None, key: str = "launch") -> dict:
+    """A stage's ``launch`` section (every key present), or :data:`ONE_PROCESS` for a stage without one."""
+    if launch is None:
+        return ONE_PROCESS
+    missing = [k for k in ONE_PROCESS if k not in launch]
+    if missing:
+        raise ConfigError(f"config key {key}.{missing[0]}: missing (config/config.yaml holds its default)")
+    return dict(launch)
 
 
 def world_size(launch: dict | None) -> int:
@@ -94,7 +101,7 @@ def launch_argv(
     ``key`` names the config section in errors.
     """
     env = dict(os.environ if env is None else env)
-    s = launch_settings(launch)
+    s = launch_settings(launch, key)
     procs, machines, stage = int(s["num_processes"]), int(s["num_machines"]), s["deepspeed_stage"]
     if procs * machines == 1:
         if stage is not None:

@@ -113,7 +113,7 @@ def eval_params(exp, stage=None):
     """Evaluation settings: the global section with the model's and the experiment's ``evaluation:``
     overrides; a soft prompt scored by next-token probabilities (its recipe's next_token_labels) says so."""
     extra = {}
-    if stage in PT_STAGES and prompt_tuning_recipe(config, exp, PT_STAGES[stage]).get("next_token_labels"):
+    if stage in PT_STAGES and prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"]:
         extra["next_token_labels"] = prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"]
     return as_json(
         evaluation_config(config, exp)
@@ -129,7 +129,7 @@ def eval_params(exp, stage=None):
 def pt_responses(exp, pt):
     """What a soft-prompt recipe distils (completion: grpo_responses): the GRPO model's generated responses
     on the training split (rule evaluate writes them when evaluation.splits holds train)."""
-    if prompt_tuning_recipe(config, exp, PT_STAGES[pt]).get("completion") != "grpo_responses":
+    if prompt_tuning_recipe(config, exp, PT_STAGES[pt])["completion"] != "grpo_responses":
         return []
     if "train" not in config["evaluation"]["splits"]:
         raise WorkflowError(
@@ -212,7 +212,7 @@ def exp_partition(wildcards):
 
 
 def stage_launch(exp, stage):
-    return stage_config(config, exp, stage).get("launch")
+    return stage_config(config, exp, stage)["launch"]
 
 
 def train_launch(exp, stage):
@@ -234,8 +234,7 @@ def train_stage_mem(stage):
     """Memory per node: one rank's share times the ranks on that node, scaled by the attempt."""
 
     def get(wildcards, attempt):
-        launch = stage_launch(wildcards.exp, stage) or {}
-        return train_mem(wildcards, attempt) * int(launch.get("num_processes", 1))
+        return train_mem(wildcards, attempt) * int(stage_launch(wildcards.exp, stage)["num_processes"])
 
     return get
 

@@ -10,7 +10,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from ..config import ConfigError, per_device_batch_size
+from ..config import ConfigError
 from ..data.images import load_image
 from ..data.scenes import blank_like
 from ..io import atomic_write_text, replace_dir
@@ -41,25 +41,28 @@ def shared_trainer_kwargs(
 ) -> dict:
     """TrainingArguments both trainers take the same way (checkpointing, logging, seeds, precision, device).
 
-    Logs go to TensorBoard under ``log_dir``, and to Weights & Biases when ``logging_cfg.wandb.enabled``.
-    ``cfg["batch_size"]`` is the global batch of one optimizer step, split over ``cfg["launch"]``'s processes
-    (see :func:`grpo_vqa.config.per_device_batch_size`); the running world size must match ``launch``."""
+    ``cfg`` is a complete training section (config/config.yaml holds every key's default) in TRL's names, read
+    without fallbacks. Logs go to TensorBoard under ``log_dir``, and to Weights & Biases when
+    ``logging_cfg.wandb.enabled``. ``per_device_train_batch_size`` is per process (TRL's meaning); the running
+    world size must match ``cfg["launch"]`` (a section without ``launch``, e.g. prompt tuning's, runs one process).
+    """
     import torch
 
     stage = "grpo" if "num_generations" in cfg else "sft"
     check_world_size(cfg.get("launch"), f"{stage}.launch")
 
     # fp16 mixed precision (the study's) is a GPU setting: on CPUs the model runs in its weights' dtype
-    fp16 = bool(cfg.get("fp16", False)) and torch.cuda.is_available()
-    epochs = {"num_train_epochs": float(cfg["num_train_epochs"])} if "num_train_epochs" in cfg else {}
+    fp16 = bool(cfg["fp16"]) and torch.cuda.is_available()
     return {
         "output_dir": str(ckpt_dir),
         # TRL's meaning: max_steps -1 trains num_train_epochs epochs; a positive max_steps wins over epochs
         "max_steps": int(cfg["max_steps"]),
-        **epochs,
+        "num_train_epochs": float(cfg["num_train_epochs"]),
         "learning_rate": float(cfg["learning_rate"]),
-        "per_device_train_batch_size": per_device_batch_size(cfg, stage),
-        "gradient_accumulation_steps": int(cfg.get("grad_accum", 1)),
+        "per_device_train_batch_size": int(cfg["per_device_train_batch_size"]),
+        "gradient_accumulation_steps": int(cfg["gradient_accumulation_steps"]),
+        "lr_scheduler_type": cfg["lr_scheduler_type"],
+        "save_steps": int(cfg["save_steps"]),
         "save_strategy": "steps",
         "save_total_limit": 2,
         "report_to": report_to(log_dir, logging_cfg),
@@ -67,7 +70,7 @@ def shared_trainer_kwargs(
         "data_seed": seed,
         "bf16": dtype == "bfloat16" and not fp16,  # TRL defaults to bf16, very slow on CPUs without AMX
         **({"fp16": True} if fp16 else {}),
-        "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(cfg["gradient_checkpointing"]),
         "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": dataloader_workers(torch.get_num_threads()),
         "disable_tqdm": not is_tty(),  # logs get LogProgress lines instead of a carriage-return bar
@@ -120,7 +123,7 @@ def with_images(ds, blank: bool = False):
     return datasets.Dataset.from_dict(ds.to_dict() | {"image": images}, features=features)
 
 
-#: ``lora.targets: all-linear``: every linear layer of the language model (what VLM-R1 does without a list).
+#: ``lora.target_modules: all-linear``: every linear layer of the language model (what VLM-R1 does without a list).
 ALL_LINEAR = "all-linear"
 #: Module paths LoRA never touches: the vision tower (Qwen2.5-VL ``visual``, Idefics3 ``vision_model``) and
 #: the vision-to-text connector (Qwen's ``merger`` lives in ``visual``; Idefics3's is ``connector``).
@@ -128,28 +131,29 @@ VISION_MODULES = r".*(visual|vision|connector|merger).*"
 
 
 def lora_config(cfg: dict, task_type: str = "CAUSAL_LM"):
-    """A PEFT LoraConfig from ``{r, alpha, dropout, targets}``.
+    """A PEFT LoraConfig from a ``lora`` section in PEFT's names (``r``, ``lora_alpha``, ``lora_dropout``,
+    ``target_modules``, ``modules_to_save``), every key present.
 
     Targets are matched in the language model only (any module path without ``visual``/``vision``), so the
-    vision tower stays frozen, as in the study. ``targets: all-linear`` takes every linear layer of the
+    vision tower stays frozen, as in the study. ``target_modules: all-linear`` takes every linear layer of the
     language model but the output layer.
     """
     from peft import LoraConfig
 
-    if cfg["targets"] == ALL_LINEAR:
+    if cfg["target_modules"] == ALL_LINEAR:
         # PEFT's "all-linear" (every nn.Linear but the output layer), less the vision tower and the connector
         where = {"target_modules": ALL_LINEAR, "exclude_modules": VISION_MODULES}
     else:
-        targets = "|".join(cfg["targets"])
+        targets = "|".join(cfg["target_modules"])
         where = {"target_modules": rf"^(?!.*(visual|vision)).*\.({targets})$"}
     return LoraConfig(
         r=int(cfg["r"]),
-        lora_alpha=int(cfg["alpha"]),
-        lora_dropout=float(cfg.get("dropout", 0.0)),
+        lora_alpha=int(cfg["lora_alpha"]),
+        lora_dropout=float(cfg["lora_dropout"]),
         **where,
         task_type=task_type,
         # e.g. [embed_tokens, lm_head]: words a tiny warm-started model never produced get usable rows
-        modules_to_save=cfg.get("modules_to_save") or None,
+        modules_to_save=list(cfg["modules_to_save"]) or None,
     )
 
 

@@ -49,15 +49,13 @@ def grpo_args(
         **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
         num_generations=int(cfg["num_generations"]),
         max_completion_length=int(cfg["max_completion_length"]),
-        temperature=float(cfg.get("temperature", 1.0)),
-        top_p=float(cfg.get("top_p", 1.0)),
-        top_k=int(cfg.get("top_k", 0)),
-        beta=float(cfg.get("beta", 0.0)),
-        loss_type=cfg.get("loss_type", "dapo"),
-        reward_weights=cfg.get("reward_weights"),
-        lr_scheduler_type=cfg.get("lr_scheduler", "constant"),
+        temperature=float(cfg["temperature"]),
+        top_p=float(cfg["top_p"]),
+        top_k=int(cfg["top_k"]),
+        beta=float(cfg["beta"]),
+        loss_type=cfg["loss_type"],
+        reward_weights=cfg["reward_weights"],
         logging_steps=1,
-        save_steps=int(cfg.get("save_steps", 20)),
         remove_unused_columns=False,
         log_completions=False,
     )
@@ -137,10 +135,10 @@ def rollout_engine_for(cfg: dict, model) -> tuple[str, str]:
     from ..rollout.config import choose_engine
 
     return choose_engine(
-        cfg.get("rollout_engine", "hf"),
+        cfg["rollout_engine"],
         getattr(getattr(model, "config", None), "model_type", None),
         torch.cuda.is_available(),
-        (cfg.get("launch") or {}).get("deepspeed_stage"),
+        cfg["launch"]["deepspeed_stage"],
     )
 
 
@@ -167,7 +165,7 @@ def run_grpo(
     if engine == "fast":
         from ..rollout import RolloutConfig
 
-        extra["rollout_config"] = RolloutConfig.from_dict({**(cfg.get("rollout") or {}), "engine": "fast"})
+        extra["rollout_config"] = RolloutConfig.from_dict({**cfg["rollout"], "engine": "fast"})
     trainer = trainer_class(engine)(
         **extra,
         model=model,

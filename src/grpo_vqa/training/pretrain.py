@@ -31,13 +31,18 @@ def warm_start(
     model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path, cfg: dict, seed: int, size: int
 ):
     """Pretrain ``model_dir`` for ``cfg['steps']`` steps and save the full model to ``out_dir``."""
+    # a complete training section in TRL's names (as sft_args reads one): the warm start's fixed recipe
     train_cfg = {
         "max_steps": int(cfg["steps"]),
+        "num_train_epochs": 3.0,  # TRL's default; max_steps wins
         "learning_rate": float(cfg["lr"]),
-        "batch_size": int(cfg["batch_size"]),
-        "lr_scheduler": "cosine",
+        "per_device_train_batch_size": int(cfg["batch_size"]),
+        "gradient_accumulation_steps": 1,
+        "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.03,
         "save_steps": max(50, int(cfg["steps"]) // 4),
+        "fp16": False,
+        "gradient_checkpointing": False,
     }
     rows = pretrain_rows(int(cfg["n_images"]), seed, size, **{k: cfg[k] for k in ITEM_KEYS if k in cfg})
     return run_sft(str(model_dir), rows, out_dir, ckpt_dir, train_cfg, seed, use_lora=False)

@@ -22,20 +22,16 @@ from .progress import LogProgress
 from .sft import sft_args, sft_rows
 
 TARGETS = ("direct", "reason")
-#: Default text the virtual tokens start from (``init: text``): task-neutral words.
-DEFAULT_INIT_TEXT = "Look at the image and answer the question."
-#: What each recipe trains the prompt to produce unless its ``completion`` says otherwise.
-DEFAULT_COMPLETION = {"direct": "tagged", "reason": "think_answer"}
 #: ``completion`` values: ``<answer>X</answer>``; the bare answer; the SFT target with the item's reasoning;
 #: the GRPO model's own responses to the training prompts (distillation; rule prompt_tune reads them).
 COMPLETIONS = ("tagged", "answer", "think_answer", "grpo_responses")
 
 
 def completion_kind(target: str, cfg: dict) -> str:
-    """The ``completion`` a recipe trains on (its config's, else the target's default)."""
+    """The ``completion`` a recipe trains on (config/config.yaml: ``direct: tagged``, ``reason: think_answer``)."""
     if target not in TARGETS:
         raise ValueError(f"prompt tuning target {target!r}: expected one of {', '.join(TARGETS)}")
-    kind = cfg.get("completion") or DEFAULT_COMPLETION[target]
+    kind = cfg["completion"]
     if kind not in COMPLETIONS:
         raise ValueError(
             f"config key prompt_tuning.{target}.completion: {kind!r} not in {', '.join(COMPLETIONS)}"
@@ -54,13 +50,13 @@ def completion_for(kind: str, reasoning: str, solution: str) -> str:
     raise ValueError(f"prompt tuning completion {kind!r}: expected tagged, answer or think_answer")
 
 
-def prompt_tuning_rows(ds, system_prompt: str | None, target: str, cfg: dict | None = None, responses=None):
+def prompt_tuning_rows(ds, system_prompt: str | None, target: str, cfg: dict, responses=None):
     """Prompt-completion rows (plus ``image``) whose completion is the recipe's form of each item.
 
     With ``completion: grpo_responses`` the completion is the GRPO model's response to the item (the
     ``response`` of its record in ``responses``, a generated-responses list); items without one are left
     out, and an empty join is an error."""
-    kind = completion_kind(target, cfg or {})
+    kind = completion_kind(target, cfg)
     if kind == "grpo_responses":
         if not responses:
             raise ValueError("prompt tuning on grpo_responses: no generated responses were given")
@@ -75,18 +71,22 @@ def prompt_tuning_rows(ds, system_prompt: str | None, target: str, cfg: dict | N
 
 
 def prompt_tuning_config(cfg: dict, tokenizer_path: str):
-    """A PEFT ``PromptTuningConfig`` from the pipeline's ``prompt_tuning`` section."""
+    """A PEFT ``PromptTuningConfig`` from the pipeline's ``prompt_tuning`` section (PEFT's names:
+    ``num_virtual_tokens``, ``prompt_tuning_init`` TEXT / RANDOM, ``prompt_tuning_init_text``)."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
-    n = int(cfg.get("num_virtual_tokens", 16))
-    if cfg.get("init", "text") == "random":
-        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n)
+    init = PromptTuningInit(cfg["prompt_tuning_init"])
+    text = {}
+    if init == PromptTuningInit.TEXT:
+        text = {
+            "prompt_tuning_init_text": cfg["prompt_tuning_init_text"],
+            "tokenizer_name_or_path": str(tokenizer_path),
+        }
     return PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=n,
-        prompt_tuning_init=PromptTuningInit.TEXT,
-        prompt_tuning_init_text=cfg.get("init_text") or DEFAULT_INIT_TEXT,
-        tokenizer_name_or_path=str(tokenizer_path),
+        num_virtual_tokens=int(cfg["num_virtual_tokens"]),
+        prompt_tuning_init=init,
+        **text,
     )
 
 

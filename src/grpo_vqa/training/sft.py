@@ -53,12 +53,10 @@ def sft_args(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: d
 
     return SFTConfig(
         **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
-        lr_scheduler_type=cfg.get("lr_scheduler", "cosine"),
-        warmup_steps=float(cfg.get("warmup_ratio", 0.0)),  # a float in [0, 1) is a ratio
+        warmup_steps=float(cfg["warmup_ratio"]),  # a float in [0, 1) is a ratio
         max_length=None,  # a length limit could cut image tokens
         completion_only_loss=True,
         logging_steps=max(1, int(cfg["max_steps"]) // 25),  # every step when max_steps is -1 (epochs)
-        save_steps=int(cfg.get("save_steps", 50)),
     )
 
 
