@@ -39,6 +39,16 @@ class Job:
     cfg: dict
 
 
+#: The study's LoRA in PEFT's own names: rank 16, alpha 32, dropout 0.05, every linear layer of the language model.
+STUDY_LORA = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "target_modules": "all-linear",
+    "modules_to_save": [],
+}
+
+
 def planned_jobs(workdir: Path, *configfiles: str) -> list[Job]:
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # hub ids are not in a cache
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow/Snakefile"), "-d", str(workdir)]
@@ -117,13 +127,7 @@ def test_3_no_system_prompt_and_the_r1_instruction_in_the_user_turn(plan):
 
 def test_4_study_hyperparameters(plan):
     # TRL's and PEFT's own names: a study script's flags map one to one
-    lora = {
-        "r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.05,
-        "target_modules": "all-linear",
-        "modules_to_save": [],
-    }
+    lora = dict(STUDY_LORA)
     for exp in VSR_ARMS:
         sft = job(plan, "sft", exp=exp).cfg
         assert sft["seed"] == 42
@@ -292,13 +296,7 @@ def test_sft_target_is_the_bare_answer():
 def test_lora_all_linear_spares_the_vision_tower_and_the_output_layer():
     from grpo_vqa.training.common import lora_config
 
-    lora = {
-        "r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.05,
-        "target_modules": "all-linear",
-        "modules_to_save": [],
-    }
+    lora = dict(STUDY_LORA)
     cfg = lora_config(lora)
     assert cfg.target_modules == "all-linear"
     for name in (
