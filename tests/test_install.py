@@ -91,7 +91,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     (outside / "hello.py").write_text(
         "import grpo_vqa, sys; print('hello from', grpo_vqa.__file__, sys.argv[1:])\n"
     )
-    launch_json = json.dumps({"num_processes": 1})
+    launch_json = json.dumps({"num_processes": 1, "num_machines": 1, "deepspeed_stage": None})
     out = run(
         [str(py), "-m", "grpo_vqa.launch", "--launch-json", launch_json, "--", "hello.py", "x"], outside, env
     )
