@@ -137,7 +137,7 @@ def test_run_grpo_reports_rollouts_per_second(tmp_path, monkeypatch, capsys):
         **_default_config()["grpo"],
         "rollout_engine": "auto",
         "max_steps": 2,
-        "batch_size": 4,
+        "per_device_train_batch_size": 4,
         "num_generations": 4,
         "max_completion_length": 4,
         "save_steps": 100,
