@@ -7,17 +7,15 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tqdm import tqdm
-
 from grpo_vqa.io import atomic_write_text, read_json
 from grpo_vqa.judge.backends import OpenAIBackend, Outcome, Redactor, RulesBackend
 from grpo_vqa.judge.prompts import Prompt, load_prompt
+from grpo_vqa.progress import progress
 
 log = logging.getLogger(__name__)
 DEFAULTS = {
@@ -145,23 +143,6 @@ class VerdictCache:
         os.close(self.fd)
 
 
-def _progress(total: int, desc: str):
-    """tqdm on a TTY; otherwise one plain line per 30 s interval on stderr."""
-    if sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, file=sys.stderr)
-
-    class _Lines:
-        def write(self, s: str) -> None:
-            s = s.replace("\r", "").rstrip()
-            if s:
-                sys.stderr.write(s + "\n")
-
-        def flush(self) -> None:
-            sys.stderr.flush()
-
-    return tqdm(total=total, desc=desc, file=_Lines(), mininterval=30, ascii=True, dynamic_ncols=False)
-
-
 def _cache_record(item: dict, key: str, prompt: Prompt, backend, out: Outcome) -> dict:
     v = out.verdict or {}
     return {
@@ -250,7 +231,7 @@ def judge_file(
     )
     workers = max(1, int(cfg["concurrency"]))
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool, _progress(len(todo), "judge") as bar:
+        with ThreadPoolExecutor(max_workers=workers) as pool, progress(total=len(todo), desc="judge") as bar:
             pending = {}
             queue = iter(todo)
             for it, k in queue:
