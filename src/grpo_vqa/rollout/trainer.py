@@ -18,7 +18,7 @@ from grpo_vqa.rollout.vision import install_batched_vision_attention
 
 logger = logging.getLogger(__name__)
 
-_MM_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+_MM_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_attention_mask"}
 
 
 class _RowCache(Dataset):
@@ -93,7 +93,7 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
             suppress_token_ids=list(self.generation_config.suppress_tokens or []),
         )
         self.rollout_sampling = sampling_params_from(self.generation_config)
-        if self.rollout_config.cache_images:
+        if self.rollout_config.cache_images and self.rollout_engine.model_type == "qwen2_5_vl":
             self.image_feature_cache = ImageFeatureCache(hf_model.model)
 
     def _generate_and_score_completions(self, inputs):
@@ -163,7 +163,7 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
             mm = multimodal_fields["mm_token_type_ids"]
             rows = [torch.as_tensor(x) for x in mm] if not isinstance(mm, torch.Tensor) else list(mm)
             inputs["mm_token_type_ids"] = pad(rows, padding_value=0, **kw).to(device)
-        for key in ("pixel_values", "image_grid_thw"):
+        for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask"):
             if key in multimodal_fields:
                 inputs[key] = torch.as_tensor(multimodal_fields[key]).to(device)
         out = self.rollout_engine.generate(
