@@ -238,3 +238,50 @@ def test_trainer_rollouts_match_its_logprob_forward(checkpoint, tmp_path):
     diff = (logps - out["sampling_per_token_logps"])[valid].abs().max().item()
     assert diff < 1e-3, diff
     assert len({tuple(r) for r in out["completion_ids"][:4].tolist()}) > 1
+
+
+def test_image_processor_cache_gives_the_processors_output(processor):
+    """SmolVLM's processor with image splitting, through the sample cache: same ids, pixels, masks; repeated
+    samples processed once, batches re-padded to their largest sample."""
+    from PIL import Image
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    from grpo_vqa.models.tiny import IDEFICS3_CHAT_TEMPLATE
+    from grpo_vqa.rollout.cache import Idefics3ImageProcessorCache
+
+    base = Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 224}, max_image_size={"longest_edge": 112}
+    )
+    proc = Idefics3Processor(
+        image_processor=base,
+        tokenizer=processor.tokenizer,
+        image_seq_len=processor.image_seq_len,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )
+    rng = np.random.default_rng(2)
+    shapes = [(84, 112), (112, 56), (40, 40)]
+    images = [Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)) for hw in shapes]
+    msgs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]]
+    text = proc.apply_chat_template(msgs[0], add_generation_prompt=True, tokenize=False)
+    order = [0, 0, 1, 2, 1, 0]
+    kw = dict(text=[text] * len(order), images=[[images[i]] for i in order], return_tensors="pt", padding=True)
+    proc.tokenizer.padding_side = "left"
+    ref = proc(**kw)
+    cache = Idefics3ImageProcessorCache(base)
+    proc.image_processor = cache
+    try:
+        first = proc(**kw)
+        again = proc(**kw)
+        small = proc(**dict(kw, text=[text], images=[[images[2]]]))
+    finally:
+        proc.image_processor = base
+    assert ref["pixel_values"].shape[1] > 1  # the splitting really made several tiles...
+    assert (ref["pixel_attention_mask"].flatten(2).sum(-1) == 0).any()  # ...and unequal counts (padding)
+    for out in (first, again):
+        assert set(out.keys()) == set(ref.keys())
+        for key in ref:
+            assert torch.equal(out[key], ref[key]), key
+    assert cache.processed == 3 and cache.calls == 3
+    alone = proc(**dict(kw, text=[text], images=[[images[2]]]))
+    for key in alone:
+        assert torch.equal(small[key], alone[key]), key

@@ -51,9 +51,9 @@ class RolloutConfig:
             repeat it (GRPO repeats every prompt ``num_generations`` times).
         batched_vision_attention: run the Qwen2.5-VL vision encoder's windowed attention as one batched call
             per layer (in rollouts and in the trainer's log-prob forwards) instead of one call per window.
-        cache_images: within one generation batch, preprocess each distinct image once (TRL processes the batch
-            twice) and, while the vision tower is frozen, encode it once (rollout prefill and every log-prob
-            forward reuse the features).
+        cache_images: within one generation batch, preprocess each distinct image (Idefics3: each distinct
+            sample's images) once (TRL processes the batch twice) and, for Qwen2.5-VL while the vision tower is
+            frozen, encode it once (rollout prefill and every log-prob forward reuse the features).
         cache_dataset_rows: fetch each generation batch's dataset rows (and decode their images) once per
             generation instead of at every gradient-accumulation step.
         check_eos_every: decode steps between checks (a device sync) of whether every row has stopped.

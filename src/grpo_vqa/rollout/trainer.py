@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, IterableDataset
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from grpo_vqa.rollout.cache import ImageFeatureCache, ImageProcessorCache
+from grpo_vqa.rollout.cache import Idefics3ImageProcessorCache, ImageFeatureCache, ImageProcessorCache
 from grpo_vqa.rollout.config import RolloutConfig
 from grpo_vqa.rollout.engine import SUPPORTED_MODEL_TYPES, RolloutEngine, SamplingParams, unwrap_hf_model
 from grpo_vqa.rollout.vision import install_batched_vision_attention
@@ -99,15 +99,18 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         proc = self.processing_class
         base = getattr(proc, "image_processor", None)
-        swap = (
-            self.rollout_engine is not None
-            and self.rollout_config.cache_images
-            and type(base).__name__.startswith("Qwen2VLImageProcessor")
-        )
+        cache_cls = None
+        if self.rollout_engine is not None and self.rollout_config.cache_images:
+            name = type(base).__name__
+            if name.startswith("Qwen2VLImageProcessor"):
+                cache_cls = ImageProcessorCache
+            elif name.startswith("Idefics3ImageProcessor"):
+                cache_cls = Idefics3ImageProcessorCache
+        swap = cache_cls is not None
         if self.image_feature_cache is not None:
             self.image_feature_cache.clear()
         if swap:
-            self.image_processor_cache = ImageProcessorCache(base)
+            self.image_processor_cache = cache_cls(base)
             proc.image_processor = self.image_processor_cache
         try:
             return super()._generate_and_score_completions(inputs)
