@@ -6,8 +6,11 @@ Subcommands (run on the device machine):
   micro   correctness + microbenchmarks: decode ms/step at batch 32/64 vs the weight+KV bandwidth floor, prefill
           of 32 image prompts, bf16 teacher-forced agreement with transformers, SmolVLM KV-cache parity/speed.
   tf      bf16 teacher forcing: engine, generate's decode and the bf16 full forward, each against an fp32 forward.
-  grpo    whole GRPO steps of one configuration in this process (``--setting trl_default|trl_tuned|fast``).
+  grpo    whole GRPO steps of one configuration in this process (``--setting trl_default|trl_tuned|trl_nocache|
+          fast``; ``--model qwen3b|smolvlm``).
   all     every configuration, each in a fresh process, within ``--budget`` seconds; writes one JSON.
+          ``--plan smolvlm``: SmolVLM-500M dims at the study's recipe, the engine against TRL with and without
+          the KV cache (the study ran SmolVLM with ``use_cache=False``).
 """
 
 from __future__ import annotations
@@ -94,6 +97,106 @@ def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device=
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.01)
+    return model
+
+
+#: SmolVLM-500M-Instruct's dims: SmolLM2-360M language model, SigLIP-B/16 at 512 px, pixel shuffle 4 (64 tokens a
+#: 512-px tile), images split into 512-px tiles after resizing the longest edge to 2048 (plus a global view)
+SMOLVLM_500M_TEXT = {
+    "model_type": "llama",
+    "vocab_size": 49280,
+    "hidden_size": 960,
+    "intermediate_size": 2560,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 15,
+    "num_key_value_heads": 5,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
+    "tie_word_embeddings": True,
+}
+SMOLVLM_500M_VISION = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 512,
+    "patch_size": 16,
+}
+#: SmolVLM LoRA targets: the language model only (``text_model``), as LORA_TARGETS
+SMOLVLM_LORA_TARGETS = {
+    "qv": r".*text_model.*\.(q_proj|v_proj)",
+    "all": r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+}
+
+
+def smolvlm_processor_and_token_ids(tiny=False):
+    """An Idefics3 processor like SmolVLM-500M-Instruct's (tokenizer trained on the bench's questions)."""
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    from grpo_vqa.models.tiny import IDEFICS3_CHAT_TEMPLATE
+    from grpo_vqa.models.tokenizer import train_tokenizer
+
+    corpus = QUESTIONS * 5 + ["<think> the answer </think> <answer>blue</answer>"] * 5
+    tok = train_tokenizer(corpus, 1000, "idefics3")
+    tok.padding_side = "left"
+    tile = 56 if tiny else 512
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=True,
+        size={"longest_edge": 2 * tile if tiny else 4 * tile},
+        max_image_size={"longest_edge": tile},
+    )
+    proc = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=(tile // (14 if tiny else 16) // (2 if tiny else 4)) ** 2,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )
+    ids = tok.convert_tokens_to_ids
+    return proc, {
+        "image_token_id": ids("<image>"),
+        "eos_token_id": ids("<end_of_utterance>"),
+        "pad_token_id": ids("<|im_end|>"),
+        "bos_token_id": ids("<|im_start|>"),
+    }
+
+
+def build_smolvlm(token_ids, dtype=torch.bfloat16, device="cuda", lora_targets="all", tiny=False):
+    """SmolVLM-500M-dims Idefics3 with random weights (+ LoRA r16/alpha32 on the language model's layers)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    text = dict(SMOLVLM_500M_TEXT)
+    vision = dict(SMOLVLM_500M_VISION)
+    if tiny:
+        text.update(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+        text.update(num_attention_heads=4, num_key_value_heads=2)
+        vision.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+        vision.update(image_size=56, patch_size=14)
+    text.update(
+        pad_token_id=token_ids["pad_token_id"],
+        bos_token_id=token_ids["bos_token_id"],
+        eos_token_id=token_ids["eos_token_id"],
+    )
+    config = Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=token_ids["image_token_id"],
+        scale_factor=2 if tiny else 4,
+        pad_token_id=token_ids["pad_token_id"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Idefics3ForConditionalGeneration._from_config(config, dtype=dtype)
+    cfg = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=SMOLVLM_LORA_TARGETS[lora_targets]
+    )
+    model = get_peft_model(model, cfg)
+    with torch.no_grad():  # a trained-looking adapter (PEFT starts B at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
     return model
 
 
@@ -259,7 +362,7 @@ def decoder_bytes(model) -> int:
     from grpo_vqa.rollout.engine import unwrap_hf_model
 
     hf = unwrap_hf_model(model)
-    lm = hf.model.language_model
+    lm = hf.model.language_model if hasattr(hf.model, "language_model") else hf.model.text_model
     n = sum(p.numel() * p.element_size() for p in lm.layers.parameters())
     n += sum(p.numel() * p.element_size() for p in lm.norm.parameters())
     head = hf.get_output_embeddings().weight
@@ -647,6 +750,8 @@ def make_processor(corpus):
 RECIPES = {
     "trl": {},
     "paper": {"beta": 0.04, "loss_type": "grpo", "temperature": 1.0, "top_p": 1.0, "top_k": 0},
+    # config/paper.yaml's grpo section as written (TRL 0.15.2's temperature 0.9, transformers' top-k 50)
+    "study": {"beta": 0.04, "loss_type": "grpo", "temperature": 0.9, "top_p": 1.0, "top_k": 50},
 }
 
 SETTINGS = {
@@ -654,6 +759,8 @@ SETTINGS = {
     "trl_default": {"engine": "hf", "checkpointing": True, "micro": None},
     # best plain TRL seen: checkpointing off, micro-batches of 8
     "trl_tuned": {"engine": "hf", "checkpointing": False, "micro": 8},
+    # TRL's defaults with generate(use_cache=False): the study's SmolVLM path
+    "trl_nocache": {"engine": "hf", "checkpointing": True, "micro": None, "use_cache": False},
     "fast": {"engine": "fast", "checkpointing": False, "micro": 8},
 }
 
@@ -675,7 +782,12 @@ def grpo(args) -> dict:
     accum = rollouts // micro
     proc, token_ids = processor_and_token_ids()
     tiny = args.tiny
-    if tiny:  # CPU smoke test of this script
+    if args.model == "smolvlm":
+        proc, token_ids = smolvlm_processor_and_token_ids(tiny)
+        dev = "cpu" if tiny else "cuda"
+        dtype = torch.float32 if tiny else torch.bfloat16
+        model = build_smolvlm(token_ids, dtype, dev, lora_targets=args.lora, tiny=tiny)
+    elif tiny:  # CPU smoke test of this script
         from grpo_vqa.rollout.synthetic import QWEN2_5_VL_TINY
 
         dims = {**QWEN2_5_VL_TINY, "vocab_size": 1024}
@@ -726,8 +838,12 @@ def grpo(args) -> dict:
             splits.append(dict(split_now, step_s=self.times[-1]))
 
     recipe = RECIPES[args.recipe]
+    extra_args = {}
+    if setting.get("use_cache") is False:
+        extra_args["generation_kwargs"] = {"use_cache": False}
     cfg = GRPOConfig(
         **recipe,
+        **extra_args,
         output_dir="/tmp/grpo_bench",
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accum,
@@ -822,6 +938,8 @@ def grpo(args) -> dict:
     ]
     out = {
         "setting": args.setting,
+        "model": args.model,
+        "use_cache": setting.get("use_cache", True),
         "rollouts_per_step": rollouts,
         "micro_batch": micro,
         "grad_accum": accum,
@@ -868,7 +986,7 @@ def grpo(args) -> dict:
         if not tiny and timings.get("decode_steps"):
             engine = trainer.rollout_engine
             hf = engine.model
-            kv_per_token = 2 * hf.config.text_config.num_hidden_layers * engine.n_kv * engine.head_dim * 2
+            kv_per_token = 2 * hf.config.get_text_config().num_hidden_layers * engine.n_kv * engine.head_dim * 2
             slot = next(iter(engine._slots.values()))
             bw = copy_bandwidth()
             mean_ctx = timings["prompt_len"] + 128  # prompt + half of the 256-token completion
@@ -893,6 +1011,14 @@ STUDY_PLAN = [
 ]
 
 
+#: ``all --plan smolvlm``: SmolVLM-500M dims, the study's 4 rollouts/step, engine vs TRL with / without the cache
+SMOLVLM_PLAN = [
+    ("fast", 4, 8, 70),
+    ("trl_default", 4, 2, 90),
+    ("trl_nocache", 4, 1, 150),
+]
+
+
 def save_model(args) -> dict:
     """Save a Qwen2.5-VL-3B-dims model (random bf16 weights, no LoRA) with the bench's processor to ``--out``: the
     pretrained model of bench/pipeline_grpo_3b.yaml's pipeline run."""
@@ -909,6 +1035,8 @@ def run_all(args) -> dict:
     plan = (
         STUDY_PLAN
         if args.plan == "study"
+        else SMOLVLM_PLAN
+        if args.plan == "smolvlm"
         else [
             ("trl_default", 32, 2, 110),
             ("fast", 32, 3, 60),
@@ -931,6 +1059,7 @@ def run_all(args) -> dict:
         "device": device_name(),
         "torch": torch.__version__,
         "plan": args.plan,
+        "model": args.model,
         "recipe": args.recipe,
         "lora": args.lora,
         "runs": {},
@@ -969,6 +1098,8 @@ def run_all(args) -> dict:
             args.lora,
             "--warmup",
             str(args.warmup),
+            "--model",
+            args.model,
         ]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--micro", str(args.micro)] if args.micro else []
@@ -1000,7 +1131,7 @@ def ratios(runs: dict) -> dict:
     out = {}
     for n in (4, 16, 32, 64):
         fast = runs.get(f"fast_{n}", {}).get("rollouts_per_s")
-        for base in ("trl_default", "trl_tuned"):
+        for base in ("trl_default", "trl_tuned", "trl_nocache"):
             ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
             if fast and ref:
                 out[f"fast_vs_{base}_{n}"] = fast / ref
@@ -1010,7 +1141,8 @@ def ratios(runs: dict) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model"])
-    ap.add_argument("--plan", choices=["default", "study"], default="default", help="for 'all'")
+    ap.add_argument("--plan", choices=["default", "study", "smolvlm"], default="default", help="for 'all'")
+    ap.add_argument("--model", choices=["qwen3b", "smolvlm"], default="qwen3b", help="for 'grpo' and 'all'")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="trl", help="GRPO settings (RECIPES)")
     ap.add_argument("--lora", choices=sorted(LORA_TARGETS), default="qv", help="LoRA targets (LORA_TARGETS)")
     ap.add_argument("--micro", type=int, default=0, help="micro-batch of the fast setting (default: 8)")
@@ -1041,6 +1173,8 @@ def main():
     elif args.mode == "grpo":
         res = grpo(args)
     else:
+        if args.plan == "smolvlm":
+            args.model = "smolvlm"
         suffix = "" if args.plan == "default" else f"_{args.plan}_{args.recipe}_{args.lora}"
         args.out = args.out or f"bench/results/grpo_rollouts{suffix}_{slug(device_name())}.json"
         res = run_all(args)

@@ -27,7 +27,8 @@ def test_explicit_engines_are_kept():
     [
         ("qwen2_5_vl", True, None, "fast", "CUDA device and model type 'qwen2_5_vl'"),
         ("qwen2_5_vl", False, None, "hf", "no CUDA device"),
-        ("idefics3", True, None, "hf", "model type 'idefics3' is not one"),
+        ("idefics3", True, None, "fast", "CUDA device and model type 'idefics3'"),
+        ("llava", True, None, "hf", "model type 'llava' is not one"),
         ("qwen2_5_vl", True, 2, "hf", "DeepSpeed ZeRO-2"),
         (None, True, None, "hf", "model type None"),
     ],
@@ -41,7 +42,8 @@ def test_auto_picks_fast_only_with_cuda_and_a_supported_model(model_type, cuda, 
 def test_unknown_engine_is_an_error():
     with pytest.raises(ValueError, match="rollout_engine must be one of"):
         choose_engine("vllm", "qwen2_5_vl", cuda=True)
-    assert ENGINE_CHOICES == ("hf", "fast", "auto") and "qwen2_5_vl" in SUPPORTED_MODEL_TYPES
+    assert ENGINE_CHOICES == ("hf", "fast", "auto")
+    assert {"qwen2_5_vl", "idefics3"} <= set(SUPPORTED_MODEL_TYPES)
 
 
 def _default_config():
@@ -68,6 +70,8 @@ def test_rollout_engine_for_reads_model_cuda_and_launch(monkeypatch):
     cfg_ds = {**cfg, "launch": {"num_processes": 2, "num_machines": 1, "deepspeed_stage": 3}}
     assert grpo_mod.rollout_engine_for(cfg_ds, qwen)[0] == "hf"
     smol = SimpleNamespace(config=SimpleNamespace(model_type="idefics3"))
+    assert grpo_mod.rollout_engine_for(cfg, smol)[0] == "fast"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert grpo_mod.rollout_engine_for(cfg, smol)[0] == "hf"
 
 

@@ -64,6 +64,62 @@ class ImageProcessorCache:
         return BatchFeature(data, tensor_type="pt")
 
 
+class Idefics3ImageProcessorCache:
+    """Proxy of an Idefics3 (SmolVLM) image processor that preprocesses each distinct sample (its list of images,
+    same kwargs) once; batches are re-padded to their largest sample as the processor pads them.
+
+    SmolVLM's processor resizes each image up to a 2048-px longest edge and cuts it into 512-px tiles on the CPU
+    (measured on an H100 host: about 1.8 s of a 4-rollout GRPO step, all of it repeated work: TRL processes the
+    batch twice and GRPO repeats every prompt ``num_generations`` times).
+    """
+
+    def __init__(self, base):
+        self._base = base
+        self._store: dict = {}
+        self.calls = 0
+        self.processed = 0
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    def __call__(self, images, **kwargs):
+        from transformers.feature_extraction_utils import BatchFeature
+        from transformers.image_utils import make_nested_list_of_images
+
+        self.calls += 1
+        samples = make_nested_list_of_images(images)
+        kwargs = {k: v for k, v in kwargs.items() if k != "return_tensors"}  # the output is torch either way
+        opts = repr(sorted((k, repr(v)) for k, v in kwargs.items()))
+        keys = [(tuple(_image_key(img) for img in sample), opts) for sample in samples]
+        for sample, key in zip(samples, keys, strict=True):
+            if key in self._store:
+                continue
+            out = self._base([sample], return_tensors="pt", **kwargs)
+            if not {"pixel_values", "pixel_attention_mask"} <= set(out.keys()):
+                return self._base(images, return_tensors="pt", **kwargs)  # a layout this cache does not know
+            self._store[key] = {k: v[0] for k, v in out.items() if k in _IDEFICS3_KEYS}
+            self.processed += 1
+        entries = [self._store[k] for k in keys]
+        n = max(e["pixel_values"].shape[0] for e in entries)
+        h = max(e["pixel_values"].shape[-2] for e in entries)
+        w = max(e["pixel_values"].shape[-1] for e in entries)
+        first = entries[0]["pixel_values"]
+        pixels = first.new_zeros(len(entries), n, first.shape[1], h, w)
+        mask = entries[0]["pixel_attention_mask"].new_zeros(len(entries), n, h, w)
+        for i, e in enumerate(entries):
+            pv, pm = e["pixel_values"], e["pixel_attention_mask"]
+            pixels[i, : pv.shape[0], :, : pv.shape[-2], : pv.shape[-1]] = pv
+            mask[i, : pm.shape[0], : pm.shape[-2], : pm.shape[-1]] = pm
+        data = {"pixel_values": pixels, "pixel_attention_mask": mask}
+        for extra in ("rows", "cols"):
+            if extra in entries[0]:
+                data[extra] = [list(e[extra]) for e in entries]
+        return BatchFeature(data)
+
+
+_IDEFICS3_KEYS = ("pixel_values", "pixel_attention_mask", "rows", "cols")
+
+
 class ImageFeatureCache:
     """Memo of ``Qwen2_5_VLModel.get_image_features`` per distinct image, valid while the vision tower is frozen.
 

@@ -8,7 +8,7 @@ ENGINES = ("hf", "fast")
 # ``grpo.rollout_engine`` values: an engine, or ``auto`` (see :func:`choose_engine`)
 ENGINE_CHOICES = (*ENGINES, "auto")
 # model types (``config.model_type``) the fast engine decodes
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "idefics3")
 
 
 def choose_engine(
@@ -51,9 +51,9 @@ class RolloutConfig:
             repeat it (GRPO repeats every prompt ``num_generations`` times).
         batched_vision_attention: run the Qwen2.5-VL vision encoder's windowed attention as one batched call
             per layer (in rollouts and in the trainer's log-prob forwards) instead of one call per window.
-        cache_images: within one generation batch, preprocess each distinct image once (TRL processes the batch
-            twice) and, while the vision tower is frozen, encode it once (rollout prefill and every log-prob
-            forward reuse the features).
+        cache_images: within one generation batch, preprocess each distinct image (Idefics3: each distinct
+            sample's images) once (TRL processes the batch twice) and, for Qwen2.5-VL while the vision tower is
+            frozen, encode it once (rollout prefill and every log-prob forward reuse the features).
         cache_dataset_rows: fetch each generation batch's dataset rows (and decode their images) once per
             generation instead of at every gradient-accumulation step.
         check_eos_every: decode steps between checks (a device sync) of whether every row has stopped.
@@ -63,6 +63,9 @@ class RolloutConfig:
             instead of seven plus two per adapter (``None``: on CUDA only). Costs one more copy of those
             weights in device memory; sampling differs from the unmerged step by bf16 rounding only (the loss
             is TRL's own forward either way).
+        kv_cache: decode from a static KV cache (``True``), or recompute the whole sequence through the model's
+            own forward for every new token (``False``: ``generate(use_cache=False)``, the SmolVLM study's
+            setting; greedy tokens are the same either way, tests/test_rollout_idefics3_engine.py).
     """
 
     engine: str = "hf"
@@ -77,6 +80,7 @@ class RolloutConfig:
     cache_dataset_rows: bool = True
     check_eos_every: int = 16
     merge_lora: bool | None = None
+    kv_cache: bool = True
 
     def __post_init__(self):
         if self.engine not in ENGINES:

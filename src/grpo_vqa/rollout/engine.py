@@ -1,6 +1,9 @@
-"""Fast rollouts for Qwen2.5-VL: full-model prefill, then a static-KV one-token decode step in a CUDA graph.
+"""Fast rollouts for Qwen2.5-VL and SmolVLM (Idefics3): full-model prefill, then a static-KV one-token decode step
+in a CUDA graph.
 
-Prefill runs the Hugging Face model (vision encoder, LoRA and M-RoPE included) once per distinct prompt and copies
+Both language models are Llama-style decoders (RMSNorm, GQA, RoPE, SiLU MLP; Qwen2 adds q/k/v biases); during
+decode every token is text, so Qwen's M-RoPE reduces to plain RoPE at one position and one step serves both.
+Prefill runs the Hugging Face model (vision encoder, LoRA, M-RoPE / Idefics3's image merge included) once per distinct prompt and copies
 its KV cache into a static cache. Decode runs the language model functionally over the live parameter tensors
 (LoRA adapters applied inside the step, so optimizer updates are picked up without re-capture): grouped-query
 attention keeps one KV head per group by folding the group's query heads into the query length. The step
@@ -292,7 +295,8 @@ class _Slot:
 
 
 class RolloutEngine:
-    """Generate completions for left-padded multimodal prompts with a Qwen2.5-VL model (LoRA-aware)."""
+    """Generate completions for left-padded multimodal prompts with a Qwen2.5-VL or Idefics3 (SmolVLM) model
+    (LoRA-aware). ``config.kv_cache=False`` recomputes the whole sequence for every token instead (Idefics3)."""
 
     def __init__(
         self,
@@ -317,11 +321,16 @@ class RolloutEngine:
         self.eos_token_ids = [int(t) for t in eos_token_ids]
         self.pad_token_id = int(pad_token_id)
         self.suppress_token_ids = [int(t) for t in (suppress_token_ids or [])]
-        self.inner = self.model.model  # Qwen2_5_VLModel
-        self.lm = self.inner.language_model
+        self.model_type = cfg.model_type
+        self.inner = self.model.model  # Qwen2_5_VLModel / Idefics3Model
+        self.lm = self.inner.language_model if self.model_type == "qwen2_5_vl" else self.inner.text_model
         self.n_heads = self.text_config.num_attention_heads
         self.n_kv = self.text_config.num_key_value_heads
-        self.head_dim = self.text_config.hidden_size // self.n_heads
+        self.head_dim = (
+            getattr(self.text_config, "head_dim", None) or self.text_config.hidden_size // self.n_heads
+        )
+        if not self.config.kv_cache and self.model_type != "idefics3":
+            raise NotImplementedError("rollout.kv_cache: false is implemented for Idefics3 (SmolVLM) only")
         self.dims = (
             self.n_kv,
             self.n_heads // self.n_kv,
@@ -512,6 +521,15 @@ class RolloutEngine:
 
     # ---------------------------------------------------------------- prefill
 
+    def _n_images(self, input_ids, image_grid_thw) -> list[int]:
+        """Qwen2.5-VL: images per row (its ``pixel_values`` are flat patches); Idefics3: unused (per-row pixels)."""
+        if self.model_type != "qwen2_5_vl":
+            return [0] * input_ids.shape[0]
+        cfg = self.model.config
+        return self._images_per_row(
+            input_ids, cfg.image_token_id, image_grid_thw, cfg.vision_config.spatial_merge_size
+        )
+
     @staticmethod
     def _images_per_row(input_ids, image_token_id, image_grid_thw, merge) -> list[int]:
         """How many images each row holds, from its image-token count and the per-image token counts."""
@@ -552,7 +570,10 @@ class RolloutEngine:
             for u, r in enumerate(reps):
                 if rows[r] != rows[b] or n_images[r] != n_images[b]:
                     continue
-                if n_images[b]:
+                if self.model_type == "idefics3" and pixel_values is not None:
+                    if not torch.equal(pixel_values[r], pixel_values[b]):
+                        continue
+                elif n_images[b]:
                     pr = pixel_values[patches[img_start[r]] : patches[img_start[r + 1]]]
                     pb = pixel_values[patches[img_start[b]] : patches[img_start[b + 1]]]
                     if pr.shape != pb.shape or not torch.equal(pr, pb):
@@ -567,9 +588,19 @@ class RolloutEngine:
 
     @torch.no_grad()
     def _prefill(
-        self, rows, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, n_images
+        self,
+        rows,
+        input_ids,
+        attention_mask,
+        pixel_values,
+        image_grid_thw,
+        mm_token_type_ids,
+        n_images,
+        pixel_attention_mask=None,
     ):
         """Run the full model on ``rows``; return (per-layer K, per-layer V, last logits, first decode positions)."""
+        if self.model_type == "idefics3":
+            return self._prefill_idefics3(rows, input_ids, attention_mask, pixel_values, pixel_attention_mask)
         img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
         patches = [0]
         if image_grid_thw is not None:
@@ -602,6 +633,22 @@ class RolloutEngine:
                 3, ids.shape[0], -1
             )
             first_pos = torch.full_like(mask.sum(-1), ids.shape[1])
+        return self._prefill_forward(ids, mask, position_ids, first_pos, kwargs)
+
+    def _prefill_idefics3(self, rows, input_ids, attention_mask, pixel_values, pixel_attention_mask):
+        """Idefics3: one ``pixel_values`` entry (B, images, C, H, W) per row; positions count the unpadded tokens
+        (``attention_mask.cumsum - 1``, as ``generate`` gives them)."""
+        idx = torch.tensor(rows, device=input_ids.device)
+        ids, mask = input_ids[idx], attention_mask[idx]
+        kwargs = {}
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values[idx.to(pixel_values.device)]
+            if pixel_attention_mask is not None:
+                kwargs["pixel_attention_mask"] = pixel_attention_mask[idx.to(pixel_attention_mask.device)]
+        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        return self._prefill_forward(ids, mask, position_ids, mask.sum(-1), kwargs)
+
+    def _prefill_forward(self, ids, mask, position_ids, first_pos, kwargs):
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -628,8 +675,11 @@ class RolloutEngine:
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
     ) -> RolloutOutput:
-        """Complete left-padded prompts ``input_ids`` (B, P); images as the Qwen2.5-VL processor returns them."""
+        """Complete left-padded prompts ``input_ids`` (B, P); images as the model's processor returns them
+        (Qwen2.5-VL: flat ``pixel_values`` + ``image_grid_thw``; Idefics3: ``pixel_values`` (B, images, C, H, W)
+        + ``pixel_attention_mask``)."""
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if attention_mask[:, -1].min() < 1:
@@ -640,12 +690,7 @@ class RolloutEngine:
             outs = []
             timings = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "prefill_rows": 0}
             batch = input_ids.shape[0]
-            n_images = self._images_per_row(
-                input_ids,
-                self.model.config.image_token_id,
-                image_grid_thw,
-                self.model.config.vision_config.spatial_merge_size,
-            )
+            n_images = self._n_images(input_ids, image_grid_thw)
             img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
             patches = [0]
             if image_grid_thw is not None:
@@ -658,8 +703,13 @@ class RolloutEngine:
                     chunk["pixel_values"] = pixel_values[patches[img_start[lo]] : patches[img_start[hi]]]
                 if mm_token_type_ids is not None:
                     chunk["mm_token_type_ids"] = mm_token_type_ids[lo:hi]
+                if self.model_type == "idefics3" and pixel_values is not None:
+                    chunk["pixel_values"] = pixel_values[lo:hi]
+                    if pixel_attention_mask is not None:
+                        chunk["pixel_attention_mask"] = pixel_attention_mask[lo:hi]
+                run = self._generate_chunk if self.config.kv_cache else self._generate_uncached
                 outs.append(
-                    self._generate_chunk(
+                    run(
                         input_ids[lo:hi],
                         attention_mask[lo:hi],
                         n_images[lo:hi],
@@ -697,6 +747,7 @@ class RolloutEngine:
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) of the decode path when fed ``tokens`` (B, T): row t predicts ``tokens[:, t]``."""
         batch, plen = input_ids.shape
@@ -723,12 +774,7 @@ class RolloutEngine:
             )
             self._slots[key] = slot
         s = self._get_slot(batch, length, n_new, w, sp)
-        n_images = self._images_per_row(
-            input_ids,
-            self.model.config.image_token_id,
-            image_grid_thw,
-            self.model.config.vision_config.spatial_merge_size,
-        )
+        n_images = self._n_images(input_ids, image_grid_thw)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -740,6 +786,7 @@ class RolloutEngine:
                 image_grid_thw,
                 mm_token_type_ids,
                 n_images,
+                pixel_attention_mask,
             )
         finally:
             self.model.train(was_training)
@@ -777,6 +824,7 @@ class RolloutEngine:
         pixel_values=None,
         image_grid_thw=None,
         mm_token_type_ids=None,
+        pixel_attention_mask=None,
     ) -> RolloutOutput:
         batch, plen = input_ids.shape
         bucket = self.config.length_bucket
@@ -802,6 +850,7 @@ class RolloutEngine:
                 image_grid_thw,
                 mm_token_type_ids,
                 n_images,
+                pixel_attention_mask,
             )
             keys.append(k)
             values.append(v)
@@ -845,4 +894,63 @@ class RolloutEngine:
             tokens=s.out_tokens[:, :n].clone(),
             lengths=s.lengths.clamp(max=n).clone(),
             logprobs=s.out_logprobs[:, :n].clone(),
+        )
+
+    def _generate_uncached(
+        self,
+        input_ids,
+        attention_mask,
+        n_images,
+        max_new,
+        sp,
+        timings,
+        pixel_values=None,
+        pixel_attention_mask=None,
+        **_,
+    ) -> RolloutOutput:
+        """``kv_cache: false``: every token from a forward of the whole sequence so far (the model's own forward,
+        ``use_cache=False``), as ``generate(use_cache=False)`` computes it. Idefics3 only."""
+        batch = input_ids.shape[0]
+        kwargs = {}
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values
+            if pixel_attention_mask is not None:
+                kwargs["pixel_attention_mask"] = pixel_attention_mask
+        ids, mask = input_ids, attention_mask
+        done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+        lengths = torch.full((batch,), max_new, dtype=torch.long, device=ids.device)
+        tokens_out, logps_out = [], []
+        self._sync()
+        t0 = time.perf_counter()
+        for t in range(max_new):
+            position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+                **kwargs,
+            ).logits[:, -1].float()
+            tokens, logp = select_tokens(logits, sp, self._suppress)
+            tokens = torch.where(done, self.pad_token_id, tokens)
+            logp = torch.where(done, 0.0, logp)
+            newly = torch.isin(tokens, self._eos) & ~done
+            lengths = torch.where(newly, t + 1, lengths)
+            done |= newly
+            tokens_out.append(tokens)
+            logps_out.append(logp)
+            ids = torch.cat([ids, tokens[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            if (t + 1) % self.config.check_eos_every == 0 and bool(done.all()):
+                break
+        self._sync()
+        timings["decode_s"] += time.perf_counter() - t0
+        timings["decode_steps"] += len(tokens_out)
+        timings["prompt_len"] = max(timings.get("prompt_len", 0), input_ids.shape[1])
+        n = len(tokens_out)
+        return RolloutOutput(
+            tokens=torch.stack(tokens_out, 1),
+            lengths=lengths.clamp(max=n),
+            logprobs=torch.stack(logps_out, 1),
         )

@@ -11,14 +11,14 @@ from torch.utils.data import Dataset, IterableDataset
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from grpo_vqa.rollout.cache import ImageFeatureCache, ImageProcessorCache
+from grpo_vqa.rollout.cache import Idefics3ImageProcessorCache, ImageFeatureCache, ImageProcessorCache
 from grpo_vqa.rollout.config import RolloutConfig
 from grpo_vqa.rollout.engine import SUPPORTED_MODEL_TYPES, RolloutEngine, SamplingParams, unwrap_hf_model
 from grpo_vqa.rollout.vision import install_batched_vision_attention
 
 logger = logging.getLogger(__name__)
 
-_MM_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+_MM_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_attention_mask"}
 
 
 class _RowCache(Dataset):
@@ -93,21 +93,24 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
             suppress_token_ids=list(self.generation_config.suppress_tokens or []),
         )
         self.rollout_sampling = sampling_params_from(self.generation_config)
-        if self.rollout_config.cache_images:
+        if self.rollout_config.cache_images and self.rollout_engine.model_type == "qwen2_5_vl":
             self.image_feature_cache = ImageFeatureCache(hf_model.model)
 
     def _generate_and_score_completions(self, inputs):
         proc = self.processing_class
         base = getattr(proc, "image_processor", None)
-        swap = (
-            self.rollout_engine is not None
-            and self.rollout_config.cache_images
-            and type(base).__name__.startswith("Qwen2VLImageProcessor")
-        )
+        cache_cls = None
+        if self.rollout_engine is not None and self.rollout_config.cache_images:
+            name = type(base).__name__
+            if name.startswith("Qwen2VLImageProcessor"):
+                cache_cls = ImageProcessorCache
+            elif name.startswith("Idefics3ImageProcessor"):
+                cache_cls = Idefics3ImageProcessorCache
+        swap = cache_cls is not None
         if self.image_feature_cache is not None:
             self.image_feature_cache.clear()
         if swap:
-            self.image_processor_cache = ImageProcessorCache(base)
+            self.image_processor_cache = cache_cls(base)
             proc.image_processor = self.image_processor_cache
         try:
             return super()._generate_and_score_completions(inputs)
@@ -163,7 +166,7 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
             mm = multimodal_fields["mm_token_type_ids"]
             rows = [torch.as_tensor(x) for x in mm] if not isinstance(mm, torch.Tensor) else list(mm)
             inputs["mm_token_type_ids"] = pad(rows, padding_value=0, **kw).to(device)
-        for key in ("pixel_values", "image_grid_thw"):
+        for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask"):
             if key in multimodal_fields:
                 inputs[key] = torch.as_tensor(multimodal_fields[key]).to(device)
         out = self.rollout_engine.generate(
