@@ -986,7 +986,9 @@ def grpo(args) -> dict:
         if not tiny and timings.get("decode_steps"):
             engine = trainer.rollout_engine
             hf = engine.model
-            kv_per_token = 2 * hf.config.get_text_config().num_hidden_layers * engine.n_kv * engine.head_dim * 2
+            kv_per_token = (
+                2 * hf.config.get_text_config().num_hidden_layers * engine.n_kv * engine.head_dim * 2
+            )
             slot = next(iter(engine._slots.values()))
             bw = copy_bandwidth()
             mean_ctx = timings["prompt_len"] + 128  # prompt + half of the 256-token completion

@@ -264,7 +264,9 @@ def test_image_processor_cache_gives_the_processors_output(processor):
     msgs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]]
     text = proc.apply_chat_template(msgs[0], add_generation_prompt=True, tokenize=False)
     order = [0, 0, 1, 2, 1, 0]
-    kw = dict(text=[text] * len(order), images=[[images[i]] for i in order], return_tensors="pt", padding=True)
+    kw = dict(
+        text=[text] * len(order), images=[[images[i]] for i in order], return_tensors="pt", padding=True
+    )
     proc.tokenizer.padding_side = "left"
     ref = proc(**kw)
     cache = Idefics3ImageProcessorCache(base)

@@ -924,14 +924,18 @@ class RolloutEngine:
         t0 = time.perf_counter()
         for t in range(max_new):
             position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                use_cache=False,
-                logits_to_keep=1,
-                **kwargs,
-            ).logits[:, -1].float()
+            logits = (
+                self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                    logits_to_keep=1,
+                    **kwargs,
+                )
+                .logits[:, -1]
+                .float()
+            )
             tokens, logp = select_tokens(logits, sp, self._suppress)
             tokens = torch.where(done, self.pad_token_id, tokens)
             logp = torch.where(done, 0.0, logp)
