@@ -33,7 +33,7 @@ def main() -> None:
         cfg["prompt_tuning"],
         cfg["seed"],
         log_dir=args.log_dir,
-        dtype=cfg.get("dtype", "float32"),
+        dtype=cfg["dtype"],
         logging_cfg=cfg.get("logging"),
     )
     write_sidecar(

@@ -28,7 +28,7 @@ def main() -> None:
         cfg["seed"],
         use_lora=True,
         log_dir=args.log_dir,
-        dtype=cfg.get("dtype", "float32"),
+        dtype=cfg["dtype"],
         logging_cfg=cfg.get("logging"),
     )
     if is_main_process():  # the other ranks of a data-parallel run write nothing
