@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from grpo_vqa.config import deep_merge
+from grpo_vqa.config import deep_merge, fill_defaults
 from grpo_vqa.data.relations import BIAS_POSITIVE, DIRECTIONAL, bias_positive, biased_indices, text_prior
 from grpo_vqa.evaluation.generate import score_record
 from grpo_vqa.reporting import bias_table, math_r1_table, shape_counting_table, sim2real_table
@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def config() -> dict:
     base = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    return deep_merge(base, yaml.safe_load((REPO / "config/full-embedded.yaml").read_text()))
+    # the schema's defaults, as validation fills them
+    return fill_defaults(deep_merge(base, yaml.safe_load((REPO / "config/full-embedded.yaml").read_text())))
 
 
 @pytest.fixture

@@ -124,7 +124,7 @@ def check_references(config: dict) -> None:
     for name, exp in config["experiments"].items():
         if exp["model"] not in config["models"]:
             raise ConfigError(f"config key experiments.{name}.model: unknown model {exp['model']!r}")
-        for key in ("dataset", *[f"eval_datasets.{i}" for i in range(len(exp.get("eval_datasets", [])))]):
+        for key in ("dataset", *[f"eval_datasets.{i}" for i in range(len(exp["eval_datasets"]))]):
             ds = exp["dataset"] if key == "dataset" else exp["eval_datasets"][int(key.split(".")[1])]
             if ds not in config["datasets"]:
                 raise ConfigError(f"config key experiments.{name}.{key}: unknown dataset {ds!r}")

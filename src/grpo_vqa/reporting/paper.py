@@ -172,7 +172,7 @@ def table_config(config: dict, name: str) -> dict:
     datasets = {d for x in exps.values() for d in (x["dataset"], *x["eval_datasets"])}
     return {
         "seed": config["seed"],
-        "seeds": config.get("seeds"),  # unset: [seed] (grpo_vqa.seeds.seed_list)
+        "seeds": seed_list(config),  # resolved: seeds: [seed] and no seeds key give the same params
         "tables": {name: table},
         "experiments": exps,
         "models": {m: c for m, c in config["models"].items() if m in models},
