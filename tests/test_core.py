@@ -15,7 +15,9 @@ from grpo_vqa.provenance import config_hash, sidecar_path, write_sidecar
 from grpo_vqa.reporting.tables import vsr_main_frame, write_table
 from grpo_vqa.training.common import COMPLETE_MARKER, latest_complete_checkpoint, target_text
 
-CONFIG = fill_defaults(yaml.safe_load(open("config/config.yaml")))  # the schema's defaults, as validation fills them
+CONFIG = fill_defaults(
+    yaml.safe_load(open("config/config.yaml"))
+)  # the schema's defaults, as validation fills them
 
 
 def test_stage_config_applies_experiment_overrides():

@@ -282,7 +282,9 @@ def test_identical_responses_share_a_verdict_but_keep_their_ids(tmp_path):
     responses = tmp_path / "generated_responses_test.json"
     responses.write_text(json.dumps(items))
     out = tmp_path / "judged.jsonl"
-    cfg = judge_section(backend="rules", model="rules", prompt="taxonomy", concurrency=1, max_items_per_split=None)
+    cfg = judge_section(
+        backend="rules", model="rules", prompt="taxonomy", concurrency=1, max_items_per_split=None
+    )
     judge_file(
         responses, out, tmp_path / "cache", cfg, run="r", stage="grpo", split="test", prompt_name="taxonomy"
     )

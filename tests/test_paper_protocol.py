@@ -412,12 +412,16 @@ def test_judge_reads_the_caption(tmp_path):
 
     from config_helpers import judge_section
 
-    judge_file(path, tmp_path / "out.jsonl", tmp_path / "cache", judge_section(claim="caption"), backend=Spy())
+    judge_file(
+        path, tmp_path / "out.jsonl", tmp_path / "cache", judge_section(claim="caption"), backend=Spy()
+    )
     assert "Question: The cat is on the mat.\n" in seen[0]
     bare = {k: v for k, v in item.items() if k != "caption"}
     path.write_text(json.dumps([bare]))
     with pytest.raises(ValueError, match="no caption"):
-        judge_file(path, tmp_path / "o2.jsonl", tmp_path / "c2", judge_section(claim="caption"), backend=Spy())
+        judge_file(
+            path, tmp_path / "o2.jsonl", tmp_path / "c2", judge_section(claim="caption"), backend=Spy()
+        )
 
 
 def test_bad_recipe_key_names_the_key():

@@ -27,7 +27,9 @@ from grpo_vqa.seeds import coerce_seeds, expand_seeds, replicate_name, seed_list
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 TEST_CONFIG = REPO / "config" / "test.yaml"
-CONFIG = fill_defaults(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))  # as validation fills it
+CONFIG = fill_defaults(
+    yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+)  # as validation fills it
 #: Student's t quantile t(0.975; 2 degrees of freedom) as printed in t tables to five decimals.
 T_975_DF2 = 4.30265
 
