@@ -163,7 +163,7 @@ PER_SEED_TABLES = ("vsr_main",)
 def table_config(config: dict, name: str) -> dict:
     """The part of ``config`` that table ``name`` reads (rule table's params, so that an edit elsewhere in the
     config does not rerun it): the seeds, the table's own section, its experiments (with every seed's
-    replicate) and their models and datasets."""
+    replicate), their models and datasets, and the GRPO section (the tables show its rewards and beta)."""
     table = config["tables"][name]
     seeds = seed_list(config)
     names = [replicate_name(e, s, seeds) for e in table["experiments"] for s in seeds]
@@ -177,6 +177,7 @@ def table_config(config: dict, name: str) -> dict:
         "experiments": exps,
         "models": {m: c for m, c in config["models"].items() if m in models},
         "datasets": {d: c for d, c in config["datasets"].items() if d in datasets},
+        "grpo": config["grpo"],
     }
 
 
