@@ -208,7 +208,7 @@ def test_9_two_soft_prompt_recipes_and_the_distillation_edge(plan):
     )
     assert r["completion"] == "grpo_responses"
     assert "results/eval/vsr_qwen/grpo/generated_responses_train.json" in reason.inputs
-    assert "next_token_labels" not in job(plan, "evaluate", exp="vsr_qwen", stage="pt_reason").cfg
+    assert job(plan, "evaluate", exp="vsr_qwen", stage="pt_reason").cfg["next_token_labels"] is None
 
 
 def test_10_sim2real_statement_prompt_and_grpo_from_base(plan):
