@@ -48,7 +48,7 @@ def main() -> None:
         if not (init_dir / "config.json").exists():
             if init_dir.exists():
                 shutil.rmtree(init_dir)
-            corpus = tokenizer_corpus(args.seed, cfg.get("system_prompt"))
+            corpus = tokenizer_corpus(args.seed, cfg["system_prompt"])
             build_tiny_model(cfg["arch"], cfg.get("tiny", {}), corpus, init_dir, args.seed)
         pre = cfg.get("pretrain") or {"steps": 0}
         if int(pre.get("steps", 0)) > 0:

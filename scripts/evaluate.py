@@ -17,7 +17,7 @@ def main() -> None:
     p.add_argument("--cache-dir", required=True, help="per-split JSONL caches (kept across retries)")
     args = p.parse_args()
     cfg = cli.load_cfg(args)
-    setup_runtime(cfg.get("seed", 0), args.threads)
+    setup_runtime(cfg["seed"], args.threads)
     extra = dict(x.split("=", 1) for x in args.extra)
     scores = evaluate_model(resolve_model(args.model), args.data, args.out_dir, args.cache_dir, cfg, extra)
     write_sidecar(f"{args.out_dir}/scores.json", cfg, [args.model, args.data, *extra.values()])

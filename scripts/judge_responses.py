@@ -11,7 +11,7 @@ import sys
 
 from grpo_vqa.judge.backends import RedactingFilter, Redactor
 from grpo_vqa.judge.prompts import resolve_prompt_path
-from grpo_vqa.judge.runner import DEFAULTS, judge_file
+from grpo_vqa.judge.runner import judge_file
 from grpo_vqa.provenance import write_sidecar
 
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--responses", required=True, help="generated_responses_<split>.json")
     ap.add_argument("--output", required=True, help="output JSONL")
     ap.add_argument("--cache-dir", required=True, help="resumable verdict cache folder")
-    ap.add_argument("--config-json", default="{}", help="the `judge` config section as JSON")
+    ap.add_argument("--config-json", required=True, help="the `judge` config section as JSON (every key)")
     ap.add_argument("--prompt", default=None, help="prompt name or version (default: config judge.prompt)")
     ap.add_argument("--prompt-dir", default=None, help="folder of <name>.v<N>.txt prompts")
     ap.add_argument("--run", default=None)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    cfg = {**DEFAULTS, **json.loads(a.config_json)}
+    cfg = json.loads(a.config_json)
     try:
         summary = judge_file(
             a.responses,

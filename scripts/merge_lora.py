@@ -12,8 +12,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     cfg = cli.load_cfg(args)
-    setup_runtime(cfg.get("seed", 0), args.threads)
-    merge_adapter(args.adapter, args.out, dtype=cfg.get("dtype", "float32"))
+    setup_runtime(cfg["seed"], args.threads)
+    merge_adapter(args.adapter, args.out, dtype=cfg["dtype"])
     write_sidecar(f"{args.out}/config.json", cfg, [args.adapter])
 
 

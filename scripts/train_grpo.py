@@ -13,7 +13,7 @@ def main() -> None:
     cfg = cli.load_cfg(args)
     setup_runtime(cfg["seed"], args.threads)
     model = resolve_model(args.model)
-    rows = grpo_rows(load_split(args.data, "train"), cfg.get("system_prompt"))
+    rows = grpo_rows(load_split(args.data, "train"), cfg["system_prompt"])
     result = run_grpo(
         model,
         rows,
@@ -23,8 +23,8 @@ def main() -> None:
         cfg["grpo"],
         cfg["seed"],
         log_dir=args.log_dir,
-        dtype=cfg.get("dtype", "float32"),
-        logging_cfg=cfg.get("logging"),
+        dtype=cfg["dtype"],
+        logging_cfg=cfg["logging"],
     )
     if is_main_process():  # the other ranks of a data-parallel run write nothing
         write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])

@@ -22,7 +22,7 @@ def main() -> None:
     model = resolve_model(args.model)
     responses = [r for path in args.responses for r in read_json(path)]
     rows = prompt_tuning_rows(
-        load_split(args.data, "train"), cfg.get("system_prompt"), args.target, cfg["prompt_tuning"], responses
+        load_split(args.data, "train"), cfg["system_prompt"], args.target, cfg["prompt_tuning"], responses
     )
     key_cfg = {k: v for k, v in cfg.items() if k != "logging"} | {"target": args.target}
     result = run_prompt_tuning(
@@ -33,8 +33,8 @@ def main() -> None:
         cfg["prompt_tuning"],
         cfg["seed"],
         log_dir=args.log_dir,
-        dtype=cfg.get("dtype", "float32"),
-        logging_cfg=cfg.get("logging"),
+        dtype=cfg["dtype"],
+        logging_cfg=cfg["logging"],
     )
     write_sidecar(
         f"{args.out}/train_history.json",

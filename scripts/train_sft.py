@@ -15,7 +15,7 @@ def main() -> None:
     model = resolve_model(args.model)
     rows = sft_rows(
         load_split(args.data, "train"),
-        cfg.get("system_prompt"),
+        cfg["system_prompt"],
         target=cfg["sft"]["target"],
     )
     result = run_sft(
@@ -28,8 +28,8 @@ def main() -> None:
         cfg["seed"],
         use_lora=True,
         log_dir=args.log_dir,
-        dtype=cfg.get("dtype", "float32"),
-        logging_cfg=cfg.get("logging"),
+        dtype=cfg["dtype"],
+        logging_cfg=cfg["logging"],
     )
     if is_main_process():  # the other ranks of a data-parallel run write nothing
         write_sidecar(f"{args.out}/train_history.json", cfg, [args.model, args.data])

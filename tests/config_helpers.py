@@ -16,6 +16,11 @@ def lora(**kw) -> dict:
     return {"lora_dropout": 0.0, "modules_to_save": []} | kw
 
 
+def judge_section(**kw) -> dict:
+    """config/config.yaml's ``judge`` section (every key's one default) updated with ``kw``."""
+    return CONFIG["judge"] | kw
+
+
 def train_section(stage: str, recipe: str | None = None, **kw) -> dict:
     """config/config.yaml's ``stage`` section (a prompt-tuning ``recipe``'s settings laid over it) updated with
     ``kw`` (whole keys: a ``lora`` given replaces the default's)."""

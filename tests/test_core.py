@@ -8,14 +8,16 @@ import json
 import pandas as pd
 import yaml
 
-from grpo_vqa.config import deep_merge, stage_config
+from grpo_vqa.config import deep_merge, fill_defaults, stage_config
 from grpo_vqa.evaluation.scores import split_scores
 from grpo_vqa.io import atomic_write_json, read_json
 from grpo_vqa.provenance import config_hash, sidecar_path, write_sidecar
 from grpo_vqa.reporting.tables import vsr_main_frame, write_table
 from grpo_vqa.training.common import COMPLETE_MARKER, latest_complete_checkpoint, target_text
 
-CONFIG = yaml.safe_load(open("config/config.yaml"))
+CONFIG = fill_defaults(
+    yaml.safe_load(open("config/config.yaml"))
+)  # the schema's defaults, as validation fills them
 
 
 def test_stage_config_applies_experiment_overrides():

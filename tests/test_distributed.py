@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from config_helpers import lora, train_section
+from config_helpers import CONFIG, lora, train_section
 
 from grpo_vqa.config import ConfigError, global_batch_size
 from grpo_vqa.launch import ONE_PROCESS, accelerate_config_file, launch_argv, rule_command, slurm_resources
@@ -251,7 +251,15 @@ def _launch(inputs, procs: int, name: str | None = None, grpo: bool = True) -> P
     def stage_args(stage, cfg):
         # the same global batch on any process count: each process takes its share
         cfg = cfg | {"launch": procs_launch, "per_device_train_batch_size": GLOBAL_BATCH[stage] // procs}
-        cfg_json = json.dumps({stage: cfg, "seed": SEED, "system_prompt": None})
+        cfg_json = json.dumps(
+            {
+                stage: cfg,
+                "seed": SEED,
+                "system_prompt": None,
+                "dtype": "float32",
+                "logging": CONFIG["logging"],
+            }
+        )
         return [
             "--config-json",
             cfg_json,

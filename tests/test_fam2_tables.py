@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from grpo_vqa.config import ConfigError, check_references, deep_merge, validate_config
+from grpo_vqa.config import ConfigError, check_references, deep_merge, fill_defaults, validate_config
 from grpo_vqa.evaluation.scores import mean_box_iou, mean_response_words
-from grpo_vqa.reporting.paper import TABLES, build_table, table_inputs
+from grpo_vqa.reporting.paper import TABLES, build_table, table_config, table_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = REPO / "config" / "full-embedded.yaml"
@@ -27,7 +27,7 @@ def load(*names: Path) -> dict:
     cfg: dict = {}
     for path in (REPO / "config" / "config.yaml", *names):
         cfg = deep_merge(cfg, yaml.safe_load(path.read_text()))
-    return cfg
+    return fill_defaults(cfg)  # the schema's defaults, as validation fills them
 
 
 def write_json(path: Path, obj) -> None:
@@ -70,7 +70,12 @@ def test_grounding_table_reads_its_upstream_files(tmp_path, monkeypatch):
         + [("grounding_qwen", "grpo"), ("grounding_qwen_iou", "grpo")]
         for f in ("scores.json", "generated_responses_test.json")
     }
-    outputs = build_table("grounding", config, "results/tables/grounding.md", "results/figures/grounding")
+    outputs = build_table(
+        "grounding",
+        table_config(config, "grounding"),
+        "results/tables/grounding.md",
+        "results/figures/grounding",
+    )
     df = pd.read_csv("results/tables/grounding.csv")
     assert list(df["setting"]) == [
         "zero-shot (base)",
@@ -93,7 +98,12 @@ def test_grounding_table_reads_its_upstream_files(tmp_path, monkeypatch):
     write_json(path, scores)
     resp = tmp_path / "results/eval/grounding_qwen/grpo/generated_responses_test.json"
     write_json(resp, [grounding_record(0, "x"), grounding_record(1, "x")])
-    build_table("grounding", config, "results/tables/grounding.md", "results/figures/grounding")
+    build_table(
+        "grounding",
+        table_config(config, "grounding"),
+        "results/tables/grounding.md",
+        "results/figures/grounding",
+    )
     df = pd.read_csv("results/tables/grounding.csv")
     assert list(df["OOD accuracy"]) == [5.0, 25.0, 35.0, 77.0]
     assert list(df["test IoU"]) == [0.0, 0.5, 0.0, 0.5]
@@ -102,7 +112,7 @@ def test_grounding_table_reads_its_upstream_files(tmp_path, monkeypatch):
 
 def test_grounding_table_needs_an_out_of_domain_set():
     config = load(FULL)
-    del config["experiments"]["grounding_qwen"]["eval_datasets"]
+    config["experiments"]["grounding_qwen"]["eval_datasets"] = []  # unset: the schema's default []
     with pytest.raises(ValueError, match="experiments.grounding_qwen.eval_datasets"):
         table_inputs("grounding", config)
 
@@ -136,7 +146,12 @@ def test_prompt_tuning_table_reads_its_upstream_files(tmp_path, monkeypatch):
         for s in ("base", "pt_direct", "pt_reason")
         for f in ("scores.json", "generated_responses_test.json")
     ]
-    outputs = build_table("prompt_tuning", config, "results/tables/prompt_tuning.md", "results/figures/pt")
+    outputs = build_table(
+        "prompt_tuning",
+        table_config(config, "prompt_tuning"),
+        "results/tables/prompt_tuning.md",
+        "results/figures/pt",
+    )
     df = pd.read_csv("results/tables/prompt_tuning.csv")
     assert list(df["setting"]) == ["zero-shot", "prompt (direct)", "prompt (reasoning)"]
     assert list(df["val accuracy"]) == [50.0, 51.0, 52.0]
@@ -148,7 +163,12 @@ def test_prompt_tuning_table_reads_its_upstream_files(tmp_path, monkeypatch):
     scores = json.loads(path.read_text())
     scores["splits"]["test"]["accuracy"] = 88.5
     write_json(path, scores)
-    build_table("prompt_tuning", config, "results/tables/prompt_tuning.md", "results/figures/pt")
+    build_table(
+        "prompt_tuning",
+        table_config(config, "prompt_tuning"),
+        "results/tables/prompt_tuning.md",
+        "results/figures/pt",
+    )
     assert list(pd.read_csv("results/tables/prompt_tuning.csv")["test accuracy"]) == [40.0, 41.0, 88.5]
 
 

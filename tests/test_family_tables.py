@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from grpo_vqa.config import deep_merge
+from grpo_vqa.config import deep_merge, fill_defaults
 from grpo_vqa.data.relations import BIAS_POSITIVE, DIRECTIONAL, bias_positive, biased_indices, text_prior
 from grpo_vqa.evaluation.generate import score_record
 from grpo_vqa.reporting import bias_table, math_r1_table, shape_counting_table, sim2real_table
-from grpo_vqa.reporting.paper import TABLES, build_table, table_inputs
+from grpo_vqa.reporting.paper import TABLES, build_table, table_config, table_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def config() -> dict:
     base = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    return deep_merge(base, yaml.safe_load((REPO / "config/full-embedded.yaml").read_text()))
+    # the schema's defaults, as validation fills them
+    return fill_defaults(deep_merge(base, yaml.safe_load((REPO / "config/full-embedded.yaml").read_text())))
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def write_bias_upstream(config) -> None:
 def test_bias_table_follows_its_upstream_files(config, workdir):
     write_bias_upstream(config)
     out = workdir / "results/tables/bias.md"
-    outputs = build_table("bias", config, str(out), "results/figures/bias")
+    outputs = build_table("bias", table_config(config, "bias"), str(out), "results/figures/bias")
     df = csv_of(out)
     assert len(df) == 6
     assert list(df["train bias"]) == [0.5, 0.5, 0.8, 0.8, 0.95, 0.95]
@@ -128,7 +129,7 @@ def test_bias_table_follows_its_upstream_files(config, workdir):
     put(
         "results/eval/bias_080/grpo/scores.json", {"splits": {"test": split(71.5), "test-blank": split(52.0)}}
     )
-    build_table("bias", config, str(out), "results/figures/bias")
+    build_table("bias", table_config(config, "bias"), str(out), "results/figures/bias")
     row = csv_of(out).query("experiment == 'bias_080' and stage == 'SFT → GRPO'").iloc[0]
     assert row["test accuracy"] == 71.5 and row["blank-image accuracy"] == 52.0
     assert "71.50" in out.read_text()
@@ -140,11 +141,11 @@ def test_bias_table_labels_grpo_from_base_as_grpo(config, workdir):
         config["experiments"][exp]["grpo_from"] = "base"
     write_bias_upstream(config)
     out = workdir / "results/tables/bias.md"
-    build_table("bias", config, str(out), "results/figures/bias")
+    build_table("bias", table_config(config, "bias"), str(out), "results/figures/bias")
     assert sorted(set(csv_of(out)["stage"])) == ["GRPO", "SFT"]
     config["experiments"]["bias_080"]["grpo_from"] = "sft"
     with pytest.raises(ValueError, match="tables.bias: its experiments mix"):
-        build_table("bias", config, str(out), "results/figures/bias")
+        build_table("bias", table_config(config, "bias"), str(out), "results/figures/bias")
 
 
 def test_bias_positive_splits_our_words_and_hashes_others():
@@ -189,7 +190,7 @@ def write_sim2real_upstream() -> None:
 def test_sim2real_table_follows_its_upstream_files(config, workdir):
     write_sim2real_upstream()
     out = workdir / "results/tables/sim2real.md"
-    build_table("sim2real", config, str(out), "results/figures/sim2real")
+    build_table("sim2real", table_config(config, "sim2real"), str(out), "results/figures/sim2real")
     df = csv_of(out).set_index("setting")
     assert list(df.index) == ["zero-shot", "SFT on source", "SFT → GRPO on source", "SFT on target (ceiling)"]
     assert df.loc["SFT on source", "target test accuracy"] == 55.0
@@ -204,7 +205,7 @@ def test_sim2real_table_follows_its_upstream_files(config, workdir):
         "results/eval/sim2real_ceiling/sft/scores.json",
         {"splits": {"test": split(90.25), "sim2real_source-test": split(61.0)}},
     )
-    build_table("sim2real", config, str(out), "results/figures/sim2real")
+    build_table("sim2real", table_config(config, "sim2real"), str(out), "results/figures/sim2real")
     assert csv_of(out).set_index("setting").loc["SFT on target (ceiling)", "target test accuracy"] == 90.25
 
 
@@ -273,7 +274,9 @@ def write_counting_upstream(config, gen_by_count: dict) -> None:
 def test_shape_counting_table_follows_its_upstream_files(config, workdir):
     write_counting_upstream(config, {str(c): {"n": 30, "accuracy": 10.0 * c} for c in range(1, 8)})
     out = workdir / "results/tables/shape_counting.md"
-    outputs = build_table("shape_counting", config, str(out), "results/figures/shape_counting")
+    outputs = build_table(
+        "shape_counting", table_config(config, "shape_counting"), str(out), "results/figures/shape_counting"
+    )
     df = csv_of(out)
     assert list(df["stage"]) == ["zero-shot (base)", "SFT", "SFT → GRPO"]
     assert df["accuracy, counts > 5"].tolist() == [65.0, 65.0, 65.0]
@@ -283,7 +286,9 @@ def test_shape_counting_table_follows_its_upstream_files(config, workdir):
     assert {"accuracy_by_count.png", "reasoning_length_accuracy.png", "grpo_rewards.png"} <= names
 
     write_counting_upstream(config, {"6": {"n": 10, "accuracy": 100.0}, "7": {"n": 10, "accuracy": 0.0}})
-    build_table("shape_counting", config, str(out), "results/figures/shape_counting")
+    build_table(
+        "shape_counting", table_config(config, "shape_counting"), str(out), "results/figures/shape_counting"
+    )
     assert csv_of(out)["accuracy, counts > 5"].tolist() == [50.0, 50.0, 50.0]
 
 
@@ -319,7 +324,7 @@ def test_math_r1_table_follows_its_upstream_files(config, workdir):
         )
     put("results/runs/math_qwen/grpo/adapter/train_history.json", history())
     out = workdir / "results/tables/math_r1.md"
-    build_table("math_r1", config, str(out), "results/figures/math_r1")
+    build_table("math_r1", table_config(config, "math_r1"), str(out), "results/figures/math_r1")
     df = csv_of(out)
     assert df["test accuracy"].tolist() == [0.0, 30.0, 45.0]
     assert df["test exact match"].tolist() == [50.0, 50.0, 50.0]
@@ -327,7 +332,7 @@ def test_math_r1_table_follows_its_upstream_files(config, workdir):
     assert (workdir / "results/figures/math_r1/grpo_rewards.png").stat().st_size > 5000
 
     put("results/eval/math_qwen/grpo/scores.json", {"splits": {"val": split(45.0), "test": split(12.5)}})
-    build_table("math_r1", config, str(out), "results/figures/math_r1")
+    build_table("math_r1", table_config(config, "math_r1"), str(out), "results/figures/math_r1")
     assert csv_of(out)["test accuracy"].tolist() == [0.0, 30.0, 12.5]
 
 
@@ -341,7 +346,7 @@ def test_grpo_from_base_drops_the_sft_row(config, workdir):
         put(f"results/eval/math_qwen/{stage}/generated_responses_test.json", [math_record("6", "$6$")])
     put("results/runs/math_qwen/grpo/adapter/train_history.json", history())
     out = workdir / "results/tables/math_r1.md"
-    build_table("math_r1", cfg, str(out), "results/figures/math_r1")
+    build_table("math_r1", table_config(cfg, "math_r1"), str(out), "results/figures/math_r1")
     df = csv_of(out)
     assert df["stage"].tolist() == ["zero-shot (base)", "GRPO"]
     assert df["test accuracy"].tolist() == [10.0, 20.0]

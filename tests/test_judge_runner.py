@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from config_helpers import judge_section  # noqa: E402
 from fake_openai_server import FakeOpenAIServer, make_responses  # noqa: E402
 
 from grpo_vqa.judge.backends import Redactor  # noqa: E402
@@ -36,7 +37,7 @@ def cfg(srv, **kw):
         "backoff_s": 0.01,
         "backoff_max_s": 0.05,
     }
-    return {**base, **kw}
+    return judge_section(**(base | kw))
 
 
 @pytest.fixture
@@ -281,13 +282,9 @@ def test_identical_responses_share_a_verdict_but_keep_their_ids(tmp_path):
     responses = tmp_path / "generated_responses_test.json"
     responses.write_text(json.dumps(items))
     out = tmp_path / "judged.jsonl"
-    cfg = {
-        "backend": "rules",
-        "model": "rules",
-        "prompt": "taxonomy",
-        "concurrency": 1,
-        "max_items_per_split": None,
-    }
+    cfg = judge_section(
+        backend="rules", model="rules", prompt="taxonomy", concurrency=1, max_items_per_split=None
+    )
     judge_file(
         responses, out, tmp_path / "cache", cfg, run="r", stage="grpo", split="test", prompt_name="taxonomy"
     )

@@ -224,7 +224,9 @@ def test_calibration_agreement_is_the_same_whatever_the_run_produced(tmp_path):
     and it is what the rules judge says about each calibration response compared with the human label."""
     calibration = REPO / "config/human_labels/calibration.jsonl"
     items, labels = load_calibration(calibration)
-    cfg = {"backend": "rules", "prompt": "taxonomy", "max_items_per_split": None}
+    from config_helpers import judge_section
+
+    cfg = judge_section(backend="rules", prompt="taxonomy", max_items_per_split=None)
     sections = []
     for run in (0, 1):
         d = tmp_path / f"run{run}"

@@ -208,7 +208,7 @@ def test_9_two_soft_prompt_recipes_and_the_distillation_edge(plan):
     )
     assert r["completion"] == "grpo_responses"
     assert "results/eval/vsr_qwen/grpo/generated_responses_train.json" in reason.inputs
-    assert "next_token_labels" not in job(plan, "evaluate", exp="vsr_qwen", stage="pt_reason").cfg
+    assert job(plan, "evaluate", exp="vsr_qwen", stage="pt_reason").cfg["next_token_labels"] is None
 
 
 def test_10_sim2real_statement_prompt_and_grpo_from_base(plan):
@@ -410,12 +410,18 @@ def test_judge_reads_the_caption(tmp_path):
             seen.append(prompt.messages(it)[-1]["content"])
             return RulesBackend().judge(it, prompt)
 
-    judge_file(path, tmp_path / "out.jsonl", tmp_path / "cache", {"claim": "caption"}, backend=Spy())
+    from config_helpers import judge_section
+
+    judge_file(
+        path, tmp_path / "out.jsonl", tmp_path / "cache", judge_section(claim="caption"), backend=Spy()
+    )
     assert "Question: The cat is on the mat.\n" in seen[0]
     bare = {k: v for k, v in item.items() if k != "caption"}
     path.write_text(json.dumps([bare]))
     with pytest.raises(ValueError, match="no caption"):
-        judge_file(path, tmp_path / "o2.jsonl", tmp_path / "c2", {"claim": "caption"}, backend=Spy())
+        judge_file(
+            path, tmp_path / "o2.jsonl", tmp_path / "c2", judge_section(claim="caption"), backend=Spy()
+        )
 
 
 def test_bad_recipe_key_names_the_key():

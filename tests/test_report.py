@@ -256,7 +256,8 @@ def test_report_to_tensorboard_and_optional_wandb(tmp_path, monkeypatch):
             report_to(None, {"wandb": {"enabled": True}})
     else:
         monkeypatch.delenv("WANDB_MODE", raising=False)
-        assert report_to(None, {"wandb": {"enabled": True}}) == ["wandb"]
+        on = {"enabled": True, "project": "grpo-vqa", "entity": None, "mode": "offline"}
+        assert report_to(None, {"wandb": on}) == ["wandb"]
         assert os.environ["WANDB_MODE"] == "offline"
 
 

@@ -65,16 +65,58 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(fh)
 
 
-def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None:
-    """Check ``config`` against the schema and cross-references; raise :class:`ConfigError` on the first fault."""
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Check ``config`` against the schema and cross-references; raise :class:`ConfigError` on the first fault.
+
+    Then fill in the schema's ``default:`` values (the settings of named entries: see :func:`fill_defaults`);
+    ``config`` is updated in place and returned."""
     import jsonschema
 
     check_renamed_keys(config)
-    validator = jsonschema.Draft202012Validator(load_schema(schema_path))
+    schema = load_schema(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.path)))
     if errors:
         raise ConfigError(_schema_error_line(errors[0]))
+    fill_defaults(config, schema)
     check_references(config)
+    return config
+
+
+def fill_defaults(config: dict, schema: dict | None = None) -> dict:
+    """Set every absent key whose schema entry has a ``default:`` (in place; returns ``config``).
+
+    One home per setting: a setting that exists once (a top-level key or a key of a top-level section) has its
+    default in config/config.yaml, which the schema requires to hold it; a setting of a named entry
+    (``models.<name>``, ``experiments.<name>``, ...) has its default as the schema's ``default:``, filled here."""
+    schema = schema if schema is not None else load_schema()
+    _fill(config, schema, schema)
+    return config
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    while isinstance(node, dict) and "$ref" in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _fill(instance, node: dict, root: dict) -> None:
+    node = _resolve(node, root)
+    if not isinstance(instance, dict) or not isinstance(node, dict):
+        return
+    for part in node.get("allOf", []):
+        _fill(instance, part, root)
+    for key, sub in (node.get("properties") or {}).items():
+        sub_r = _resolve(sub, root)
+        if key not in instance and isinstance(sub_r, dict) and "default" in sub_r:
+            instance[key] = copy.deepcopy(sub_r["default"])
+        if key in instance:
+            _fill(instance[key], sub, root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in (node.get("properties") or {}):
+                _fill(value, extra, root)
 
 
 def check_references(config: dict) -> None:
@@ -82,7 +124,7 @@ def check_references(config: dict) -> None:
     for name, exp in config["experiments"].items():
         if exp["model"] not in config["models"]:
             raise ConfigError(f"config key experiments.{name}.model: unknown model {exp['model']!r}")
-        for key in ("dataset", *[f"eval_datasets.{i}" for i in range(len(exp.get("eval_datasets", [])))]):
+        for key in ("dataset", *[f"eval_datasets.{i}" for i in range(len(exp["eval_datasets"]))]):
             ds = exp["dataset"] if key == "dataset" else exp["eval_datasets"][int(key.split(".")[1])]
             if ds not in config["datasets"]:
                 raise ConfigError(f"config key experiments.{name}.{key}: unknown dataset {ds!r}")

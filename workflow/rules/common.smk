@@ -4,8 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 REPO = Path(str(workflow.current_basedir)).resolve().parents[1]  # this file is workflow/rules/common.smk
 SCRIPTS = str(REPO / "scripts")
 sys.path.insert(0, str(REPO / "src"))
@@ -27,13 +25,12 @@ from grpo_vqa.seeds import coerce_seeds, expand_seeds  # noqa: E402
 try:
     check_config_files(workflow.configfiles)
     coerce_seeds(config)
-    validate_config(config)
+    validate_config(config)  # the one schema check; fills in the schema's defaults (grpo_vqa.config.fill_defaults)
     # seeds: every dataset/model/experiment gets a <name>_s<k> replicate per seed after the first
     # (grpo_vqa.seeds); SEED_OF[section][name] is the seed each one runs with.
     expanded, SEED_OF = expand_seeds(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
-validate(config, schema="../schemas/config.schema.yaml")
 config.update(expanded)
 
 # The scripts import the package from the checkout, so every rule's env only needs third-party packages.
@@ -41,7 +38,7 @@ SRC = REPO / "src"
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}:${{{{PYTHONPATH:-}}}}; ")
 PROMPT_DIR = str(REPO / "config" / "judge_prompts")
 
-THREADS = int(config.get("threads_per_job", 1))
+THREADS = int(config["threads_per_job"])
 EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
 # Soft-prompt stages (trained by prompt_tune in train.smk): the stage name and the completion the prompt is trained to produce.
@@ -51,7 +48,7 @@ PT_STAGES = {"pt_direct": "direct", "pt_reason": "reason"}
 #: host (models.smk fetch_model, data.smk fetch_dataset); the others are built by compute jobs.
 PRETRAINED_MODELS = [m for m, c in config["models"].items() if c["source"] == "pretrained"]
 TINY_MODELS = [m for m in config["models"] if m not in PRETRAINED_MODELS]
-SYNTHETIC_DATASETS = [d for d, c in config["datasets"].items() if c.get("source", "synthetic") == "synthetic"]
+SYNTHETIC_DATASETS = [d for d, c in config["datasets"].items() if c["source"] == "synthetic"]
 FETCHED_DATASETS = [d for d in config["datasets"] if d not in SYNTHETIC_DATASETS]
 
 
@@ -88,7 +85,7 @@ def model_of(exp):
 
 
 def model_dtype(exp):
-    return config["models"][model_of(exp)].get("dtype", "float32")
+    return config["models"][model_of(exp)]["dtype"]
 
 
 def dataset_dir(name):
@@ -102,9 +99,9 @@ def train_params(exp, stage, recipe=None):
         {
             stage: prompt_tuning_recipe(config, exp, recipe) if recipe else stage_config(config, exp, stage),
             "seed": SEED_OF["experiments"][exp],
-            "system_prompt": config.get("system_prompt"),
+            "system_prompt": config["system_prompt"],
             "dtype": model_dtype(exp),
-            "logging": config.get("logging"),
+            "logging": config["logging"],
         }
     )
 
@@ -112,17 +109,15 @@ def train_params(exp, stage, recipe=None):
 def eval_params(exp, stage=None):
     """Evaluation settings: the global section with the model's and the experiment's ``evaluation:``
     overrides; a soft prompt scored by next-token probabilities (its recipe's next_token_labels) says so."""
-    extra = {}
-    if stage in PT_STAGES and prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"]:
-        extra["next_token_labels"] = prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"]
+    labels = prompt_tuning_recipe(config, exp, PT_STAGES[stage])["next_token_labels"] if stage in PT_STAGES else None
     return as_json(
         evaluation_config(config, exp)
         | {
             "seed": SEED_OF["experiments"][exp],
-            "system_prompt": config.get("system_prompt"),
+            "system_prompt": config["system_prompt"],
             "dtype": model_dtype(exp),
+            "next_token_labels": labels,
         }
-        | extra
     )
 
 
@@ -157,7 +152,7 @@ def eval_model_input(exp, stage):
     """The model that the evaluate rule loads. As model_input, but with ``evaluation.from_adapter`` a trained
     stage is its LoRA adapter (evaluate.py merges it into its base in memory, the weights merge_lora saves), so
     merge_lora runs only where a later stage trains from the merged model."""
-    if stage in ("sft", "grpo") and config["evaluation"].get("from_adapter"):
+    if stage in ("sft", "grpo") and config["evaluation"]["from_adapter"]:
         owner = sft_source(config, exp) if stage == "sft" else exp
         return f"results/runs/{owner}/{stage}/adapter"
     return model_input(exp, stage)
@@ -165,7 +160,7 @@ def eval_model_input(exp, stage):
 
 def grpo_start(w):
     """The model GRPO starts from: the merged SFT model, or the base model with ``grpo_from: base``."""
-    return model_input(w.exp, experiment(w).get("grpo_from", "sft"))
+    return model_input(w.exp, experiment(w)["grpo_from"])
 
 
 def is_gpu_model(exp):
@@ -241,12 +236,12 @@ def train_stage_mem(stage):
 
 def extra_eval_sets(w):
     """Extra test sets an experiment is evaluated on (their test split), by dataset name."""
-    return {name: dataset_dir(name) for name in experiment(w).get("eval_datasets", [])}
+    return {name: dataset_dir(name) for name in experiment(w)["eval_datasets"]}
 
 
 def judge_human_labels(wildcards):
     """The human-label CSV; a relative path is taken from the working directory, else from the checkout."""
-    path = config["judge"].get("human_labels")
+    path = config["judge"]["human_labels"]
     if not path:
         return []
     if not Path(path).is_absolute() and not Path(path).exists() and (REPO / path).exists():
@@ -254,13 +249,19 @@ def judge_human_labels(wildcards):
     return [path]
 
 
-#: The shipped calibration set, judged on every run (judge.calibration absent); null turns it off.
-DEFAULT_CALIBRATION = "config/human_labels/calibration.jsonl"
+#: The judge section's keys that choose what is judged (rules judge_responses' targets, the alignment table's
+#: rows), not how one file is judged: left out of a judge job's params so that editing them reruns no judge job.
+JUDGE_SELECTION_KEYS = ("runs", "stages", "splits", "human_labels", "calibration")
+
+
+def judge_job_config():
+    """The judge settings one judge job runs with (scripts/judge_responses.py)."""
+    return {k: v for k, v in config["judge"].items() if k not in JUDGE_SELECTION_KEYS}
 
 
 def judge_calibration_set(wildcards=None):
     """The calibration set (JSONL of responses with human labels), found like the human-label CSV; [] if off."""
-    path = config["judge"].get("calibration", DEFAULT_CALIBRATION)
+    path = config["judge"]["calibration"]
     if not path:
         return []
     if not Path(path).is_absolute() and not Path(path).exists() and (REPO / path).exists():

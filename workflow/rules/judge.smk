@@ -12,7 +12,7 @@ rule judge_responses:
     params:
         prompt_dir=PROMPT_DIR,
         script=f"{SCRIPTS}/judge_responses.py",
-        cfg=lambda w: as_json(config["judge"]),
+        cfg=lambda w: as_json(judge_job_config()),
         cache=lambda w: f"results/judge/.cache/{w.run}/{w.stage}/{w.split}",
     log:
         "results/logs/judge/{run}/{stage}/{split}.{prompt}.log",
@@ -47,7 +47,7 @@ rule judge_calibration:
     params:
         prompt_dir=PROMPT_DIR,
         script=f"{SCRIPTS}/judge_responses.py",
-        cfg=lambda w: as_json(config["judge"] | {"max_items_per_split": None}),
+        cfg=lambda w: as_json(judge_job_config() | {"max_items_per_split": None}),
         cache="results/judge/.cache/calibration",
     log:
         "results/logs/judge/calibration.{prompt}.log",

@@ -6,7 +6,7 @@ rule build_model:
         ref="results/models/{model}/base.json",
     params:
         script=f"{SCRIPTS}/build_model.py",
-        cfg=lambda w: as_json(config["models"][w.model] | {"system_prompt": config.get("system_prompt")}),
+        cfg=lambda w: as_json(config["models"][w.model] | {"system_prompt": config["system_prompt"]}),
         seed=lambda w: SEED_OF["models"][w.model],
         model_dir="results/models/{model}/base_model",
         ckpt="results/checkpoints/models/{model}",
@@ -35,7 +35,7 @@ rule fetch_model:
         ref="results/models/{model}/base.json",
     params:
         script=f"{SCRIPTS}/build_model.py",
-        cfg=lambda w: as_json(config["models"][w.model] | {"system_prompt": config.get("system_prompt")}),
+        cfg=lambda w: as_json(config["models"][w.model] | {"system_prompt": config["system_prompt"]}),
         seed=lambda w: SEED_OF["models"][w.model],
         model_dir="results/models/{model}/base_model",
         ckpt="results/checkpoints/models/{model}",

@@ -1,4 +1,4 @@
-from grpo_vqa.reporting.paper import table_inputs  # noqa: E402
+from grpo_vqa.reporting.paper import table_config, table_inputs  # noqa: E402
 from grpo_vqa.reporting.report import (  # noqa: E402
     JUDGE_FAMILY,
     provenance_labels,
@@ -43,7 +43,7 @@ rule table:
         ),
     params:
         script=f"{SCRIPTS}/make_table.py",
-        cfg=lambda w: as_json(config),
+        cfg=lambda w: as_json(table_config(config, w.table)),
     log:
         "results/logs/table/{table}.log",
     benchmark:

@@ -55,28 +55,28 @@ def evaluate_model(
     out_dir = Path(out_dir)
     # Cached responses are only valid for this model and these settings: key the cache on both.
     cache_dir = Path(cache_dir) / model_fingerprint(model_path, cfg)
-    model = load_eval_model(model_path, dtype=cfg.get("dtype", "float32"))
+    model = load_eval_model(model_path, dtype=cfg["dtype"])
     model.eval()
     processor = load_processor(model_path, padding_side="left")
     scores: dict = {"model": model_path, "splits": {}}
-    sets = evaluation_sets(data_dir, list(cfg["splits"]), extra or {}, bool(cfg.get("blank_image_probe")))
+    sets = evaluation_sets(data_dir, list(cfg["splits"]), extra or {}, bool(cfg["blank_image_probe"]))
     for name, ddir, split, blank in sets:
         ds = load_split(ddir, split)
-        if cfg.get("limit"):
+        if cfg["limit"]:
             ds = ds.select(range(min(int(cfg["limit"]), len(ds))))
         records = evaluate_split(
             model,
             processor,
             ds,
             cache_dir / f"{name}.jsonl",
-            cfg.get("system_prompt"),
+            cfg["system_prompt"],
             int(cfg["max_new_tokens"]),
             int(cfg["batch_size"]),
             blank=blank,
             desc=f"eval {name}",
-            correctness=cfg.get("correctness"),
-            answer_without_tags=bool(cfg.get("answer_without_tags", False)),
-            next_token_labels=cfg.get("next_token_labels"),
+            correctness=cfg["correctness"],
+            answer_without_tags=bool(cfg["answer_without_tags"]),
+            next_token_labels=cfg["next_token_labels"],
         )
         atomic_write_json(out_dir / f"generated_responses_{name}.json", records)
         scores["splits"][name] = split_scores(records)

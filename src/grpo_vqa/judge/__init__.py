@@ -2,10 +2,9 @@
 
 from grpo_vqa.judge.backends import OpenAIBackend, Outcome, Redactor, RulesBackend, rules_verdict
 from grpo_vqa.judge.prompts import MISALIGNMENT_TYPES, Prompt, ReplyParseError, load_prompt, parse_verdict
-from grpo_vqa.judge.runner import DEFAULTS, judge_file, make_backend
+from grpo_vqa.judge.runner import judge_file, make_backend
 
 __all__ = [
-    "DEFAULTS",
     "MISALIGNMENT_TYPES",
     "OpenAIBackend",
     "Outcome",

@@ -18,22 +18,6 @@ from grpo_vqa.judge.prompts import Prompt, load_prompt
 from grpo_vqa.progress import progress
 
 log = logging.getLogger(__name__)
-DEFAULTS = {
-    "backend": "rules",
-    "model": "o4-mini",
-    "base_url": None,
-    "prompt": "taxonomy",
-    "concurrency": 8,
-    "max_items_per_split": 350,
-    "temperature": None,
-    "timeout_s": 120,
-    "max_retries": 6,
-    "backoff_s": 1.0,
-    "backoff_max_s": 60.0,
-    "max_failed_fraction": 0.0,
-    # what the judge reads as the question: the prompt the model saw, or the item's caption (the study's claim)
-    "claim": "question",
-}
 FINAL_STATUSES = ("ok", "unparseable")
 
 
@@ -44,15 +28,15 @@ def make_backend(cfg: dict, api_key: str | None = None):
     if cfg["backend"] == "openai":
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         if not key:
-            if not cfg.get("base_url"):
+            if not cfg["base_url"]:
                 raise RuntimeError("judge.backend=openai needs the OPENAI_API_KEY environment variable")
             key = "not-needed"  # local OpenAI-compatible servers (vLLM, Ollama) often ignore the key
         return OpenAIBackend(
             model=cfg["model"],
             api_key=key,
-            base_url=cfg.get("base_url"),
+            base_url=cfg["base_url"],
             timeout_s=float(cfg["timeout_s"]),
-            temperature=cfg.get("temperature"),
+            temperature=cfg["temperature"],
             max_retries=int(cfg["max_retries"]),
             backoff_s=float(cfg["backoff_s"]),
             backoff_max_s=float(cfg["backoff_max_s"]),
@@ -196,12 +180,11 @@ def judge_file(
     good are listed in the output with ``status=failed`` and are retried on the next run. The output JSONL is
     written atomically at the end, in input order.
     """
-    cfg = {**DEFAULTS, **cfg}
     prompt = load_prompt(prompt_name or cfg["prompt"], prompt_dir)
     backend = backend or make_backend(cfg)
     redact = getattr(backend, "redact", None) or Redactor([os.environ.get("OPENAI_API_KEY")])
     items = read_responses(responses_path)
-    limit = cfg.get("max_items_per_split")
+    limit = cfg["max_items_per_split"]
     if limit is not None:
         items = items[: int(limit)]
     if cfg["claim"] == "caption":

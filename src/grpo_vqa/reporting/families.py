@@ -19,7 +19,7 @@ STAGES = ("base", "sft", "grpo")
 
 def stages_of(config: dict, exp: str) -> tuple[str, ...]:
     """The evaluated stages of an experiment: base, SFT (unless GRPO starts from the base model), GRPO."""
-    if config["experiments"][exp].get("grpo_from", "sft") == "base":
+    if config["experiments"][exp]["grpo_from"] == "base":
         return ("base", "grpo")
     return STAGES
 

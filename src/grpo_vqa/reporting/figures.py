@@ -37,7 +37,7 @@ def no_data(ax, why: str) -> None:
 
 def grpo_betas(config: dict, experiments) -> dict[str, float]:
     """The GRPO KL coefficient (``grpo.beta``, experiment overrides included) of each experiment."""
-    return {e: float(stage_config(config, e, "grpo").get("beta") or 0.0) for e in experiments}
+    return {e: float(stage_config(config, e, "grpo")["beta"]) for e in experiments}
 
 
 def grpo_curves_figure(histories: dict[str, list[dict]], betas: dict[str, float] | None = None):

@@ -28,7 +28,7 @@ STUDY_OOD = {"sft": 54.47, "grpo": 57.89, "grpo_iou": 61.31}
 
 
 def _ood_name(config: dict, exp: str) -> str:
-    extra = config["experiments"][exp].get("eval_datasets") or []
+    extra = config["experiments"][exp]["eval_datasets"]
     if not extra:
         raise ValueError(
             f"config key experiments.{exp}.eval_datasets: the grounding table needs an out-of-domain set"

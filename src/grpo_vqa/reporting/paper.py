@@ -160,6 +160,27 @@ def table_inputs(name: str, config: dict) -> list[str]:
 PER_SEED_TABLES = ("vsr_main",)
 
 
+def table_config(config: dict, name: str) -> dict:
+    """The part of ``config`` that table ``name`` reads (rule table's params, so that an edit elsewhere in the
+    config does not rerun it): the seeds, the table's own section, its experiments (with every seed's
+    replicate), their models and datasets, and the GRPO section (the tables show its rewards and beta)."""
+    table = config["tables"][name]
+    seeds = seed_list(config)
+    names = [replicate_name(e, s, seeds) for e in table["experiments"] for s in seeds]
+    exps = {e: config["experiments"][e] for e in dict.fromkeys(names) if e in config["experiments"]}
+    models = {x["model"] for x in exps.values()}
+    datasets = {d for x in exps.values() for d in (x["dataset"], *x["eval_datasets"])}
+    return {
+        "seed": config["seed"],
+        "seeds": seed_list(config),  # resolved: seeds: [seed] and no seeds key give the same params
+        "tables": {name: table},
+        "experiments": exps,
+        "models": {m: c for m, c in config["models"].items() if m in models},
+        "datasets": {d: c for d, c in config["datasets"].items() if d in datasets},
+        "grpo": config["grpo"],
+    }
+
+
 def build_table(name: str, config: dict, out_md: str, fig_dir: str) -> list[Path]:
     outputs = table_spec(name).build(config, config["tables"][name], out_md, fig_dir)
     seeds = seed_list(config)

@@ -24,7 +24,7 @@ NAME = "shape_counting"
 
 
 def generalisation_set(config: dict, exp: str) -> str | None:
-    extra = config["experiments"][exp].get("eval_datasets") or []
+    extra = config["experiments"][exp]["eval_datasets"]
     return f"{extra[0]}-test" if extra else None
 
 

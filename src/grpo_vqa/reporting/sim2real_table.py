@@ -32,7 +32,7 @@ def roles(config: dict, table_cfg: dict) -> tuple[str, str, list[tuple[str, str]
     """(source dataset, target dataset, [(experiment, "source" | "target")]), checked against the config."""
     exps = fam.experiments_of(config, NAME, table_cfg)
     first = config["experiments"][exps[0]]
-    if not first.get("eval_datasets"):
+    if not first["eval_datasets"]:
         raise ValueError(
             f"config key experiments.{exps[0]}.eval_datasets: the first sim2real experiment trains on the "
             "source domain and must name the target domain here"
@@ -50,7 +50,7 @@ def roles(config: dict, table_cfg: dict) -> tuple[str, str, list[tuple[str, str]
                 f"config key tables.{NAME}.experiments.{i}: {exp} trains on {cfg['dataset']!r}, neither the "
                 f"source ({source!r}) nor the target ({target!r}) domain"
             )
-        if other not in cfg.get("eval_datasets", []):
+        if other not in cfg["eval_datasets"]:
             raise ValueError(f"config key experiments.{exp}.eval_datasets: must include {other!r}")
         out.append((exp, role))
     return source, target, out

@@ -13,7 +13,7 @@ STAGE_LABELS = {"base": "zero-shot (base)", "sft": "SFT", "grpo": "SFT → GRPO"
 
 def stage_label(config: dict, exp: str, stage: str) -> str:
     """A stage's row label: GRPO from the base model (``grpo_from: base``, the study's two arms) is "GRPO"."""
-    if stage == "grpo" and config["experiments"][exp].get("grpo_from", "sft") == "base":
+    if stage == "grpo" and config["experiments"][exp]["grpo_from"] == "base":
         return "GRPO"
     return STAGE_LABELS[stage]
 

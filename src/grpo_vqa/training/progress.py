@@ -197,23 +197,24 @@ class RolloutRate(_trainer_callback_base()):
 
 def report_to(log_dir, logging_cfg: dict | None = None) -> list[str]:
     """``report_to`` for the trainers: ``["tensorboard"]`` writing under ``log_dir`` (when given), plus
-    ``"wandb"`` when ``logging_cfg["wandb"]["enabled"]`` (project/entity/mode from the same section; ``mode:
-    offline`` keeps runs local until ``wandb sync``). Raises when W&B is enabled but not installed."""
+    ``"wandb"`` when ``logging_cfg["wandb"]["enabled"]`` (project/entity/mode from the same section, config
+    ``logging``; ``mode: offline`` keeps runs local until ``wandb sync``); no ``logging_cfg``: no W&B. Raises when
+    W&B is enabled but not installed."""
     out: list[str] = []
     if log_dir:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
         out.append("tensorboard")
-    wandb = (logging_cfg or {}).get("wandb") or {}
-    if wandb.get("enabled"):
+    wandb = logging_cfg["wandb"] if logging_cfg is not None else {"enabled": False}
+    if wandb["enabled"]:
         try:
             import wandb as _  # noqa: F401
         except ImportError:
             raise RuntimeError(
                 "logging.wandb.enabled is true but the wandb package is not installed"
             ) from None
-        os.environ.setdefault("WANDB_PROJECT", str(wandb.get("project") or "grpo-vqa"))
-        if wandb.get("entity"):
+        os.environ.setdefault("WANDB_PROJECT", str(wandb["project"]))
+        if wandb["entity"]:
             os.environ.setdefault("WANDB_ENTITY", str(wandb["entity"]))
-        os.environ.setdefault("WANDB_MODE", str(wandb.get("mode") or "offline"))
+        os.environ.setdefault("WANDB_MODE", str(wandb["mode"]))
         out.append("wandb")
     return out
