@@ -23,8 +23,9 @@ def _image_key(image) -> tuple:
     return (shape, hashlib.blake2b(data, digest_size=16).hexdigest())
 
 
-class ImageProcessorCache:
-    """Proxy of a Qwen2-VL image processor that preprocesses each distinct image once (same kwargs)."""
+class _ProcessorProxy:
+    """An image processor's proxy that keeps its outputs by input (``calls``: calls made; ``processed``: inputs
+    the wrapped processor actually ran on)."""
 
     def __init__(self, base):
         self._base = base
@@ -35,14 +36,22 @@ class ImageProcessorCache:
     def __getattr__(self, name):
         return getattr(self._base, name)
 
+    def _call_options(self, kwargs: dict) -> tuple[dict, str]:
+        """Counts a call; the kwargs passed on (the output is torch either way) and their key for the store."""
+        self.calls += 1
+        kwargs = {k: v for k, v in kwargs.items() if k != "return_tensors"}
+        return kwargs, repr(sorted((k, repr(v)) for k, v in kwargs.items()))
+
+
+class ImageProcessorCache(_ProcessorProxy):
+    """Proxy of a Qwen2-VL image processor that preprocesses each distinct image once (same kwargs)."""
+
     def __call__(self, images, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
         from transformers.image_utils import make_flat_list_of_images
 
-        self.calls += 1
+        kwargs, opts = self._call_options(kwargs)
         flat = make_flat_list_of_images(images)
-        kwargs = {k: v for k, v in kwargs.items() if k != "return_tensors"}  # the output is torch either way
-        opts = repr(sorted((k, repr(v)) for k, v in kwargs.items()))
         keys = [(_image_key(img), opts) for img in flat]
         todo = {}
         for img, key in zip(flat, keys, strict=True):
@@ -64,7 +73,7 @@ class ImageProcessorCache:
         return BatchFeature(data, tensor_type="pt")
 
 
-class Idefics3ImageProcessorCache:
+class Idefics3ImageProcessorCache(_ProcessorProxy):
     """Proxy of an Idefics3 (SmolVLM) image processor that preprocesses each distinct sample (its list of images,
     same kwargs) once; batches are re-padded to their largest sample as the processor pads them.
 
@@ -73,23 +82,12 @@ class Idefics3ImageProcessorCache:
     batch twice and GRPO repeats every prompt ``num_generations`` times).
     """
 
-    def __init__(self, base):
-        self._base = base
-        self._store: dict = {}
-        self.calls = 0
-        self.processed = 0
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
-
     def __call__(self, images, **kwargs):
         from transformers.feature_extraction_utils import BatchFeature
         from transformers.image_utils import make_nested_list_of_images
 
-        self.calls += 1
+        kwargs, opts = self._call_options(kwargs)
         samples = make_nested_list_of_images(images)
-        kwargs = {k: v for k, v in kwargs.items() if k != "return_tensors"}  # the output is torch either way
-        opts = repr(sorted((k, repr(v)) for k, v in kwargs.items()))
         keys = [(tuple(_image_key(img) for img in sample), opts) for sample in samples]
         for sample, key in zip(samples, keys, strict=True):
             if key in self._store:
