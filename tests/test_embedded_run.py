@@ -1,7 +1,7 @@
 """The embedded default end to end: run the DAG once (or read a finished run) and check what the README claims.
 
 Set GRPO_VQA_RUN_DIR to a directory where `snakemake --cores 2 all` already ran to check that run instead
-of starting one (the run takes about twelve minutes on 2 cores). GRPO_VQA_EMBEDDED_DIR names the folder the
+of starting one (the run takes about ten minutes on 2 idle cores). GRPO_VQA_EMBEDDED_DIR names the folder the
 run is made in (kept afterwards; CI prints its table), GRPO_VQA_EMBEDDED_SEEDS the seeds to run, comma
 separated (default: the config's one seed); every check below holds for every seed.
 """
