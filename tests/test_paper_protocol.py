@@ -171,7 +171,7 @@ def test_7_judge_reads_the_caption_on_train_dev_test(plan):
         (st, sp) for st in ("base", "grpo") for sp in ("train", "val", "test")
     )
     for j in judged:
-        assert j.wildcards["run"] == "vsr_qwen" and j.cfg["claim"] == "caption"
+        assert j.wildcards["exp"] == "vsr_qwen" and j.cfg["claim"] == "caption"
         assert j.cfg["max_items_per_split"] == 350 and j.cfg["model"] == "o4-mini"
     assert job(plan, "evaluate", exp="vsr_qwen", stage="grpo").cfg["splits"] == ["train", "val", "test"]
 

@@ -5,19 +5,19 @@ from grpo_vqa.judge.prompts import resolve_prompt_path
 
 rule judge_responses:
     input:
-        responses="results/eval/{run}/{stage}/generated_responses_{split}.json",
+        responses="results/eval/{exp}/{stage}/generated_responses_{split}.json",
         prompt=lambda w: str(resolve_prompt_path(w.prompt, PROMPT_DIR)),
     output:
-        "results/judge/{run}/{stage}/{split}.{prompt}.jsonl",
+        "results/judge/{exp}/{stage}/{split}.{prompt}.jsonl",
     params:
         prompt_dir=PROMPT_DIR,
         script=f"{SCRIPTS}/judge_responses.py",
         cfg=lambda w: as_json(judge_job_config()),
-        cache=lambda w: f"results/judge/.cache/{w.run}/{w.stage}/{w.split}",
+        cache=lambda w: f"results/judge/.cache/{w.exp}/{w.stage}/{w.split}",
     log:
-        "results/logs/judge/{run}/{stage}/{split}.{prompt}.log",
+        "results/logs/judge/{exp}/{stage}/{split}.{prompt}.log",
     benchmark:
-        "results/benchmarks/judge/{run}/{stage}/{split}.{prompt}.tsv"
+        "results/benchmarks/judge/{exp}/{stage}/{split}.{prompt}.tsv"
     wildcard_constraints:
         stage="base|sft|grpo",
         split="train|val|test",
@@ -32,7 +32,7 @@ rule judge_responses:
         "python {params.script}"
         " --responses {input.responses} --output {output} --cache-dir {params.cache}"
         " --prompt {wildcards.prompt} --prompt-dir {params.prompt_dir}"
-        " --run {wildcards.run} --stage {wildcards.stage} --split {wildcards.split}"
+        " --run {wildcards.exp} --stage {wildcards.stage} --split {wildcards.split}"
         " --config-json {params.cfg:q} > {log} 2>&1"
 
 
@@ -72,8 +72,8 @@ rule judge_calibration:
 rule alignment_table:
     input:
         judged=expand(
-            "results/judge/{run}/{stage}/{split}.{prompt}.jsonl",
-            run=config["judge"]["runs"],
+            "results/judge/{exp}/{stage}/{split}.{prompt}.jsonl",
+            exp=config["judge"]["runs"],
             stage=config["judge"]["stages"],
             split=config["judge"]["splits"],
             prompt=config["judge"]["prompt"],
