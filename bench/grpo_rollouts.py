@@ -586,14 +586,7 @@ def smolvlm_cache() -> dict:
             "eos_token_id": 49279,
             "tie_word_embeddings": True,
         },
-        vision_config={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "image_size": 512,
-            "patch_size": 16,
-        },
+        vision_config=dict(SMOLVLM_500M_VISION),  # SmolVLM-256M and -500M share SigLIP-B/16 at 512 px
         image_token_id=49190,
         scale_factor=4,
         pad_token_id=2,
