@@ -181,34 +181,19 @@ def test_kv_cache_off_is_refused_for_qwen():
 def test_trainer_rollouts_match_its_logprob_forward(checkpoint, tmp_path):
     """GRPO on Idefics3 with the engine: sampled tokens' log-probs equal the trainer's own forward (the loss's)."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from trl import GRPOConfig
+    from peft import get_peft_model
+    from rollout_helpers import tiny_grpo_args, tiny_lora
 
     from grpo_vqa.models.loading import load_model, load_processor
     from grpo_vqa.rollout import FastRolloutGRPOTrainer
 
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(load_model(str(checkpoint)), lora)
+    model = get_peft_model(load_model(str(checkpoint)), tiny_lora())
     # equal-length prompts: TRL's log-prob forward numbers positions 0..L-1, pads included, while generate
     # (and so the engine) counts real tokens only; without padding the two agree
     prompts = [[{"role": "user", "content": "What is it?"}]] * 2
     ds = Dataset.from_dict({"prompt": prompts, "image": _images(2, seed=5)})
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        steps_per_generation=2,
-        gradient_accumulation_steps=2,
-        max_completion_length=12,
-        temperature=0.9,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to=[],
-        max_steps=1,
-        seed=0,
-    )
+    args = tiny_grpo_args(tmp_path)
     tr = FastRolloutGRPOTrainer(
         model=model,
         processing_class=load_processor(str(checkpoint)),

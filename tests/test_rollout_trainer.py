@@ -10,9 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 from datasets import Dataset  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import get_peft_model  # noqa: E402
 from PIL import Image  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from rollout_helpers import tiny_grpo_args, tiny_lora  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
 
 from grpo_vqa.rollout import FastRolloutGRPOTrainer, RolloutConfig, grpo_trainer_class  # noqa: E402
 from grpo_vqa.rollout.cache import ImageFeatureCache  # noqa: E402
@@ -49,34 +50,15 @@ def _trainer(checkpoint, tmp_path, engine="fast", **overrides):
     from grpo_vqa.models.loading import load_model, load_processor
 
     torch.manual_seed(0)
-    model = load_model(str(checkpoint))
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(model, lora)
-    kw = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        steps_per_generation=2,
-        gradient_accumulation_steps=2,
-        max_completion_length=12,
-        temperature=0.9,
-        top_p=0.95,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to=[],
-        logging_steps=1,
-        max_steps=1,
-        learning_rate=0.05,
-        seed=0,
-    )
-    kw.update(overrides)
+    model = get_peft_model(load_model(str(checkpoint)), tiny_lora())
     cls = grpo_trainer_class(engine)
     return cls(
         model=model,
         processing_class=load_processor(str(checkpoint)),
         reward_funcs=[_reward],
-        args=GRPOConfig(**kw),
+        args=tiny_grpo_args(
+            tmp_path, **({"top_p": 0.95, "logging_steps": 1, "learning_rate": 0.05} | overrides)
+        ),
         train_dataset=_dataset(),
     )
 

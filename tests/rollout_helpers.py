@@ -1,0 +1,33 @@
+"""Shared pieces of the fast-rollout trainer tests (Qwen2.5-VL and Idefics3): one tiny GRPO step on the CPU."""
+
+from __future__ import annotations
+
+
+def tiny_lora():
+    """A LoRA on q/v with random (non-zero) B, so the adapter changes the model's outputs from the start."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+
+
+def tiny_grpo_args(tmp_path, **overrides):
+    """GRPOConfig for one CPU step: 2 prompts x 4 generations over 2 micro-steps, 12-token completions."""
+    from trl import GRPOConfig
+
+    kw = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        steps_per_generation=2,
+        gradient_accumulation_steps=2,
+        max_completion_length=12,
+        temperature=0.9,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        max_steps=1,
+        seed=0,
+    )
+    kw.update(overrides)
+    return GRPOConfig(**kw)
