@@ -89,14 +89,20 @@ def build_3b(dtype=torch.bfloat16, lora=True, token_ids=None, dims=None, device=
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     if lora:
-        from peft import LoraConfig, get_peft_model
+        model = with_trained_looking_lora(model, LORA_TARGETS[lora_targets])
+    return model
 
-        cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS[lora_targets])
-        model = get_peft_model(model, cfg)
-        with torch.no_grad():  # a trained-looking adapter (PEFT starts B at zero)
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.01)
+
+def with_trained_looking_lora(model, targets):
+    """``model`` with LoRA r16/alpha32 on ``targets``, B drawn at random (PEFT starts it at zero, which no trained
+    adapter is)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
     return model
 
 
@@ -163,7 +169,6 @@ def smolvlm_processor_and_token_ids(tiny=False):
 
 def build_smolvlm(token_ids, dtype=torch.bfloat16, device="cuda", lora_targets="all", tiny=False):
     """SmolVLM-500M-dims Idefics3 with random weights (+ LoRA r16/alpha32 on the language model's layers)."""
-    from peft import LoraConfig, get_peft_model
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
     text = dict(SMOLVLM_500M_TEXT)
@@ -189,15 +194,7 @@ def build_smolvlm(token_ids, dtype=torch.bfloat16, device="cuda", lora_targets="
     torch.manual_seed(0)
     with torch.device(device):
         model = Idefics3ForConditionalGeneration._from_config(config, dtype=dtype)
-    cfg = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=SMOLVLM_LORA_TARGETS[lora_targets]
-    )
-    model = get_peft_model(model, cfg)
-    with torch.no_grad():  # a trained-looking adapter (PEFT starts B at zero)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    return model
+    return with_trained_looking_lora(model, SMOLVLM_LORA_TARGETS[lora_targets])
 
 
 # ------------------------------------------------------------------------------------------------- prefill
