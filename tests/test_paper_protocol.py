@@ -118,7 +118,7 @@ def test_merged_models_only_where_grpo_trains_from_one(plan):
 
 def test_3_no_system_prompt_and_the_r1_instruction_in_the_user_turn(plan):
     for j in plan:
-        if j.rule in ("sft", "grpo", "evaluate", "prompt_tune"):
+        if j.rule in ("sft", "grpo", "evaluate", "prompt_tuning"):
             assert j.cfg["system_prompt"] is None, j
     for name in ("vsr_synth", "bias_strong", "drivingvqa", "aokvqa"):
         template = job(plan, "fetch_dataset", dataset=name).cfg["question_template"]
@@ -187,7 +187,7 @@ def test_8_bias_sets_undersample_the_minority_label(plan):
 
 
 def test_9_two_soft_prompt_recipes_and_the_distillation_edge(plan):
-    direct = job(plan, "prompt_tune", exp="vsr_qwen", pt="pt_direct")
+    direct = job(plan, "prompt_tuning", exp="vsr_qwen", pt="pt_direct")
     d = direct.cfg["prompt_tuning"]
     assert (d["num_virtual_tokens"], d["prompt_tuning_init"], d["learning_rate"]) == (5, "RANDOM", 1e-2)
     assert (d["per_device_train_batch_size"], d["gradient_accumulation_steps"], d["num_train_epochs"]) == (
@@ -198,7 +198,7 @@ def test_9_two_soft_prompt_recipes_and_the_distillation_edge(plan):
     assert d["completion"] == "answer" and "direct" not in d and "reason" not in d
     scored = job(plan, "evaluate", exp="vsr_qwen", stage="pt_direct").cfg
     assert scored["next_token_labels"] == ["True", "False"]
-    reason = job(plan, "prompt_tune", exp="vsr_qwen", pt="pt_reason")
+    reason = job(plan, "prompt_tuning", exp="vsr_qwen", pt="pt_reason")
     r = reason.cfg["prompt_tuning"]
     assert (r["num_virtual_tokens"], r["learning_rate"]) == (10, 2e-2)
     assert (r["per_device_train_batch_size"], r["gradient_accumulation_steps"], r["num_train_epochs"]) == (

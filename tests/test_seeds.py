@@ -170,7 +170,7 @@ def test_every_family_experiment_runs_per_seed_while_its_table_reads_the_first(t
         tmp_path, "--cores", "2", "all", "--configfile", families, "--config", "seeds=[1234,7]", smoke=False
     )
     two = job_counts(out)
-    for rule in ("make_dataset", "build_model", "sft", "merge_lora", "grpo", "prompt_tune", "evaluate"):
+    for rule in ("make_dataset", "build_model", "sft", "merge_lora", "grpo", "prompt_tuning", "evaluate"):
         assert two[rule] == 2 * one[rule], rule
     assert two["table"] == one["table"] == 7
     bias = re.search(r"rule table:\n    input: ([^\n]+)\n(?:    .*\n)*?    wildcards: table=bias\n", out)

@@ -270,7 +270,7 @@ TOY_RULE_NAMES = (
     "sft",
     "merge_lora",
     "grpo",
-    "prompt_tune",
+    "prompt_tuning",
     "evaluate",
     "judge_responses",
     "report_tables",

@@ -32,7 +32,7 @@ PAPER = REPO / "config" / "paper.yaml"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 WALLTIME_MIN = 720
 LOCAL_RULES = {"fetch_model", "fetch_dataset", "judge_responses", "judge_calibration"}
-GPU_RULES = {"sft", "grpo", "prompt_tune", "merge_lora", "evaluate"}
+GPU_RULES = {"sft", "grpo", "prompt_tuning", "merge_lora", "evaluate"}
 
 
 def _snakemake(*args: str, cwd: Path, env: dict | None = None) -> str:
@@ -92,11 +92,12 @@ def unknown_rule_keys(profile: dict, rules: set[str]) -> list[str]:
 
 def test_profile_keys_are_rules_of_the_workflow(tmp_path):
     rules = workflow_rules(tmp_path)
-    assert {"sft", "grpo", "prompt_tune", "evaluate", "fetch_model", "make_dataset"} <= rules, rules
+    assert {"sft", "grpo", "prompt_tuning", "evaluate", "fetch_model", "make_dataset"} <= rules, rules
     # internet work (downloads, the judge's API) runs where Snakemake runs, never as a SLURM job
     assert declared_local_rules(tmp_path) == LOCAL_RULES
-    # the check catches the old mistake (and a local rule, whose resources SLURM never sees)
-    assert unknown_rule_keys({"set-resources": {"prompt_tuning": {}, "sft": {}}}, rules) == ["prompt_tuning"]
+    # the check catches a name that is not a rule (the rule's old name) and a local rule, whose resources SLURM
+    # never sees
+    assert unknown_rule_keys({"set-resources": {"prompt_tune": {}, "sft": {}}}, rules) == ["prompt_tune"]
     assert unknown_rule_keys({"set-threads": {"judge_responses": 2}}, rules) == ["judge_responses"]
     for profile in PROFILES:
         cfg = yaml.safe_load((profile / "config.yaml").read_text())
@@ -212,7 +213,7 @@ def test_paper_jobs_ask_slurm_for_what_they_use(tmp_path, attempt):
     by_rule: dict[str, list[dict]] = {}
     for job in jobs:
         by_rule.setdefault(job["rule"], []).append(job)
-    assert {"fetch_model", "fetch_dataset", "sft", "grpo", "prompt_tune", "merge_lora", "evaluate"} <= set(
+    assert {"fetch_model", "fetch_dataset", "sft", "grpo", "prompt_tuning", "merge_lora", "evaluate"} <= set(
         by_rule
     )
     paper = yaml.safe_load(PAPER.read_text())
@@ -235,7 +236,7 @@ def test_paper_jobs_ask_slurm_for_what_they_use(tmp_path, attempt):
             assert paper["models"][model]["source"] == "pretrained", (exp, model)
             assert req["gpus"] == 1 and req["partition"] == "gpuq" and req["cpus"] == 8, (rule, req)
             assert req["mem_mb"] == 64000 * attempt, (rule, req)
-            if rule in {"sft", "grpo", "prompt_tune"}:
+            if rule in {"sft", "grpo", "prompt_tuning"}:
                 assert req["time_min"] == WALLTIME_MIN, (rule, req)  # every attempt: the full 12 h
         else:  # data generation, tables, figures: CPU jobs
             assert req["gpus"] == 0 and req["partition"] == "cpuq" and req["cpus"] == 1, (rule, req)

@@ -338,7 +338,7 @@ def as_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-#: Prompt-tuning recipes (rule prompt_tune's targets); their sections under ``prompt_tuning`` override the rest.
+#: Prompt-tuning recipes (rule prompt_tuning's targets); their sections under ``prompt_tuning`` override the rest.
 PT_RECIPES = ("direct", "reason")
 
 

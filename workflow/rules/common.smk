@@ -41,7 +41,7 @@ PROMPT_DIR = str(REPO / "config" / "judge_prompts")
 THREADS = int(config["threads_per_job"])
 EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
-# Soft-prompt stages (trained by prompt_tune in train.smk): the stage name and the completion the prompt is trained to produce.
+# Soft-prompt stages (trained by prompt_tuning in train.smk): the stage name and the completion the prompt is trained to produce.
 PT_STAGES = {"pt_direct": "direct", "pt_reason": "reason"}
 
 #: Models / datasets whose files come from the internet (or a local path): fetched by local rules on the submit

@@ -100,7 +100,7 @@ rule grpo:
         " --data {input.data} --out {output} --ckpt {params.ckpt} --log-dir {params.tb} > {log} 2>&1"
 
 
-rule prompt_tune:
+rule prompt_tuning:
     """Soft-prompt tuning of the frozen base model (PEFT PromptTuningConfig, TRL SFTTrainer): pt_direct trains
     the prompt to answer <answer>X</answer> at once, pt_reason to write <think>…</think><answer>…</answer>."""
     input:
@@ -111,15 +111,15 @@ rule prompt_tune:
     output:
         directory("results/runs/{exp}/{pt}/adapter"),
     params:
-        script=f"{SCRIPTS}/train_prompt.py",
+        script=f"{SCRIPTS}/train_prompt_tuning.py",
         cfg=lambda w: train_params(w.exp, "prompt_tuning", PT_STAGES[w.pt]),
         target=lambda w: PT_STAGES[w.pt],
         ckpt="results/checkpoints/{exp}/{pt}",
         tb="results/logs/tensorboard/{exp}/{pt}",
     log:
-        "results/logs/prompt_tune/{exp}-{pt}.log",
+        "results/logs/prompt_tuning/{exp}-{pt}.log",
     benchmark:
-        "results/benchmarks/prompt_tune/{exp}-{pt}.tsv"
+        "results/benchmarks/prompt_tuning/{exp}-{pt}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: exp_threads

@@ -23,7 +23,7 @@ from .sft import sft_args, sft_rows
 
 TARGETS = ("direct", "reason")
 #: ``completion`` values: ``<answer>X</answer>``; the bare answer; the SFT target with the item's reasoning;
-#: the GRPO model's own responses to the training prompts (distillation; rule prompt_tune reads them).
+#: the GRPO model's own responses to the training prompts (distillation; rule prompt_tuning reads them).
 COMPLETIONS = ("tagged", "answer", "think_answer", "grpo_responses")
 
 
@@ -118,10 +118,10 @@ def run_prompt_tuning(
         train_dataset=train_rows,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[make_complete_marker_callback(), LogProgress("prompt_tune")],
+        callbacks=[make_complete_marker_callback(), LogProgress("prompt_tuning")],
     )
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     if not trainable or any("prompt_encoder" not in n for n in trainable):
         raise RuntimeError(f"prompt tuning must train the soft prompt only; trainable: {trainable[:5]}")
     attach_mrope_positions(trainer.model)
-    return train_resume_save(trainer, processor, ckpt_dir, out_dir, "prompt_tune", "loss")
+    return train_resume_save(trainer, processor, ckpt_dir, out_dir, "prompt_tuning", "loss")

@@ -1,5 +1,5 @@
 """Soft-prompt tuning of the frozen base model (PEFT prompt tuning); resumes from --ckpt. Called by rule
-prompt_tune."""
+prompt_tuning."""
 
 from grpo_vqa import cli
 from grpo_vqa.data.build import load_split
@@ -41,7 +41,9 @@ def main() -> None:
         cfg | {"target": args.target},
         [args.model, args.data, *args.responses],
     )
-    print(f"[prompt_tune] done: {len(result['history'])} log entries, resumed from {result['resumed_from']}")
+    print(
+        f"[prompt_tuning] done: {len(result['history'])} log entries, resumed from {result['resumed_from']}"
+    )
 
 
 if __name__ == "__main__":
