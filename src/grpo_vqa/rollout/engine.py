@@ -200,6 +200,20 @@ def _linear_parts(module: nn.Module) -> tuple:
     return base.weight.detach(), bias, tuple(loras)
 
 
+@dataclass
+class _Prompts:
+    """Left-padded prompts and their images as the processor returns them (Qwen2.5-VL: flat ``pixel_values`` +
+    ``image_grid_thw``; Idefics3: ``pixel_values`` (B, images, C, H, W) + ``pixel_attention_mask``)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    n_images: list[int]
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    mm_token_type_ids: torch.Tensor | None = None
+    pixel_attention_mask: torch.Tensor | None = None
+
+
 class _MergedLinear:
     """Static buffer of the row-wise concatenation of Linear layers, each with its LoRA adapters merged in.
 
@@ -587,20 +601,13 @@ class RolloutEngine:
         return reps, mapping
 
     @torch.no_grad()
-    def _prefill(
-        self,
-        rows,
-        input_ids,
-        attention_mask,
-        pixel_values,
-        image_grid_thw,
-        mm_token_type_ids,
-        n_images,
-        pixel_attention_mask=None,
-    ):
+    def _prefill(self, rows, prompts: _Prompts):
         """Run the full model on ``rows``; return (per-layer K, per-layer V, last logits, first decode positions)."""
         if self.model_type == "idefics3":
-            return self._prefill_idefics3(rows, input_ids, attention_mask, pixel_values, pixel_attention_mask)
+            return self._prefill_idefics3(rows, prompts)
+        input_ids, attention_mask, n_images = prompts.input_ids, prompts.attention_mask, prompts.n_images
+        pixel_values, image_grid_thw = prompts.pixel_values, prompts.image_grid_thw
+        mm_token_type_ids = prompts.mm_token_type_ids
         img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
         patches = [0]
         if image_grid_thw is not None:
@@ -635,11 +642,12 @@ class RolloutEngine:
             first_pos = torch.full_like(mask.sum(-1), ids.shape[1])
         return self._prefill_forward(ids, mask, position_ids, first_pos, kwargs)
 
-    def _prefill_idefics3(self, rows, input_ids, attention_mask, pixel_values, pixel_attention_mask):
+    def _prefill_idefics3(self, rows, prompts: _Prompts):
         """Idefics3: one ``pixel_values`` entry (B, images, C, H, W) per row; positions count the unpadded tokens
         (``attention_mask.cumsum - 1``, as ``generate`` gives them)."""
-        idx = torch.tensor(rows, device=input_ids.device)
-        ids, mask = input_ids[idx], attention_mask[idx]
+        pixel_values, pixel_attention_mask = prompts.pixel_values, prompts.pixel_attention_mask
+        idx = torch.tensor(rows, device=prompts.input_ids.device)
+        ids, mask = prompts.input_ids[idx], prompts.attention_mask[idx]
         kwargs = {}
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values[idx.to(pixel_values.device)]
@@ -708,17 +716,8 @@ class RolloutEngine:
                     if pixel_attention_mask is not None:
                         chunk["pixel_attention_mask"] = pixel_attention_mask[lo:hi]
                 run = self._generate_chunk if self.config.kv_cache else self._generate_uncached
-                outs.append(
-                    run(
-                        input_ids[lo:hi],
-                        attention_mask[lo:hi],
-                        n_images[lo:hi],
-                        max_new_tokens,
-                        sampling,
-                        timings,
-                        **chunk,
-                    )
-                )
+                prompts = _Prompts(input_ids[lo:hi], attention_mask[lo:hi], n_images[lo:hi], **chunk)
+                outs.append(run(prompts, max_new_tokens, sampling, timings))
         finally:
             self.model.train(was_training)
         width = max(o.tokens.shape[1] for o in outs)
@@ -778,16 +777,16 @@ class RolloutEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            k, v, logits, first_pos = self._prefill(
-                list(range(batch)),
+            prompts = _Prompts(
                 input_ids,
                 attention_mask,
+                n_images,
                 pixel_values,
                 image_grid_thw,
                 mm_token_type_ids,
-                n_images,
                 pixel_attention_mask,
             )
+            k, v, logits, first_pos = self._prefill(list(range(batch)), prompts)
         finally:
             self.model.train(was_training)
         for i in range(len(s.k)):
@@ -813,20 +812,9 @@ class RolloutEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _generate_chunk(
-        self,
-        input_ids,
-        attention_mask,
-        n_images,
-        max_new,
-        sp,
-        timings,
-        pixel_values=None,
-        image_grid_thw=None,
-        mm_token_type_ids=None,
-        pixel_attention_mask=None,
-    ) -> RolloutOutput:
-        batch, plen = input_ids.shape
+    def _generate_chunk(self, prompts: _Prompts, max_new, sp, timings) -> RolloutOutput:
+        """Prefill each distinct prompt once, then decode from the static KV cache (CUDA graph where captured)."""
+        batch, plen = prompts.input_ids.shape
         bucket = self.config.length_bucket
         length = -(-(plen + max_new) // bucket) * bucket
         self._sync()
@@ -838,20 +826,17 @@ class RolloutEngine:
 
         self._sync()
         t0 = time.perf_counter()
-        reps, mapping = self._unique_rows(input_ids, attention_mask, pixel_values, image_grid_thw, n_images)
+        reps, mapping = self._unique_rows(
+            prompts.input_ids,
+            prompts.attention_mask,
+            prompts.pixel_values,
+            prompts.image_grid_thw,
+            prompts.n_images,
+        )
         keys, values, logits, first_pos = [], [], [], []
         step = self.config.prefill_batch
         for lo in range(0, len(reps), step):
-            k, v, lg, fp = self._prefill(
-                reps[lo : lo + step],
-                input_ids,
-                attention_mask,
-                pixel_values,
-                image_grid_thw,
-                mm_token_type_ids,
-                n_images,
-                pixel_attention_mask,
-            )
+            k, v, lg, fp = self._prefill(reps[lo : lo + step], prompts)
             keys.append(k)
             values.append(v)
             logits.append(lg)
@@ -861,7 +846,7 @@ class RolloutEngine:
             s.k[i][:, :, :plen].copy_(torch.cat([k[i] for k in keys])[index])
             s.v[i][:, :, :plen].copy_(torch.cat([v[i] for v in values])[index])
         s.key_valid.zero_()
-        s.key_valid[:, :plen].copy_(attention_mask.bool())
+        s.key_valid[:, :plen].copy_(prompts.attention_mask.bool())
         s.pos.copy_(torch.cat(first_pos)[index])
         s.slot.fill_(plen)
         s.step.zero_()
@@ -896,27 +881,17 @@ class RolloutEngine:
             logprobs=s.out_logprobs[:, :n].clone(),
         )
 
-    def _generate_uncached(
-        self,
-        input_ids,
-        attention_mask,
-        n_images,
-        max_new,
-        sp,
-        timings,
-        pixel_values=None,
-        pixel_attention_mask=None,
-        **_,
-    ) -> RolloutOutput:
+    def _generate_uncached(self, prompts: _Prompts, max_new, sp, timings) -> RolloutOutput:
         """``kv_cache: false``: every token from a forward of the whole sequence so far (the model's own forward,
         ``use_cache=False``), as ``generate(use_cache=False)`` computes it. Idefics3 only."""
+        input_ids = prompts.input_ids
         batch = input_ids.shape[0]
         kwargs = {}
-        if pixel_values is not None:
-            kwargs["pixel_values"] = pixel_values
-            if pixel_attention_mask is not None:
-                kwargs["pixel_attention_mask"] = pixel_attention_mask
-        ids, mask = input_ids, attention_mask
+        if prompts.pixel_values is not None:
+            kwargs["pixel_values"] = prompts.pixel_values
+            if prompts.pixel_attention_mask is not None:
+                kwargs["pixel_attention_mask"] = prompts.pixel_attention_mask
+        ids, mask = input_ids, prompts.attention_mask
         done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         lengths = torch.full((batch,), max_new, dtype=torch.long, device=ids.device)
         tokens_out, logps_out = [], []
