@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = json.loads(a.config_json)
     judged = load_judged(a.judged)
-    table = alignment_table(judged, cfg.get("splits"), cfg.get("stages"))
+    table = alignment_table(judged, cfg["splits"], cfg["stages"])
     if bool(a.calibration) != bool(a.calibration_judged):
         ap.error("--calibration and --calibration-judged go together")
     agree = agreement(judged, load_human_labels(a.human_labels)) if a.human_labels else None
