@@ -6,8 +6,8 @@
 * ``math``      — the TRL recipe's multimodal math stand-in: an arithmetic expression rendered in the image.
 
 Each generator reads a ``datasets.<name>`` entry with the schema's defaults filled in
-(:func:`grpo_vqa.config.entry_defaults`) and returns items (with ``_objects``, and ``_image`` when the image is not a plain scene) that
-:func:`grpo_vqa.data.build.build_dataset` renders and saves.
+(:func:`grpo_vqa.config.entry_defaults`) and returns items (with ``_objects``, and ``_image`` when the image is
+not a plain scene) that :func:`grpo_vqa.data.build.build_dataset` renders and saves.
 """
 
 from __future__ import annotations
