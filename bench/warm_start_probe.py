@@ -80,6 +80,9 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = apply_sets(yaml.safe_load(Path(args.config).read_text())["models"][args.name], args.set)
+    from grpo_vqa.config import entry_defaults
+
+    cfg = entry_defaults("models", cfg)  # the schema's defaults, as validate_config fills them
     record = {"model": args.name, "seed": args.seed, "sets": args.set}
     if args.model:
         record |= probe(args.model, args.items)

@@ -49,16 +49,16 @@ def main() -> None:
             if init_dir.exists():
                 shutil.rmtree(init_dir)
             corpus = tokenizer_corpus(args.seed, cfg["system_prompt"])
-            build_tiny_model(cfg["arch"], cfg.get("tiny", {}), corpus, init_dir, args.seed)
-        pre = cfg.get("pretrain") or {"steps": 0}
-        if int(pre.get("steps", 0)) > 0:
+            build_tiny_model(cfg["arch"], cfg["tiny"], corpus, init_dir, args.seed)
+        pre = cfg["pretrain"]  # a tiny model's tiny: and pretrain: are filled with the schema's defaults
+        if int(pre["steps"]) > 0:
             warm_start(
                 init_dir,
                 args.model_dir,
                 ckpt / "warm_start",
                 pre,
                 args.seed,
-                cfg.get("tiny", {}).get("image_size", 112),
+                cfg["tiny"]["image_size"],
             )
         else:
             if Path(args.model_dir).exists():

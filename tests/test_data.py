@@ -8,6 +8,7 @@ import random
 import pytest
 from PIL import Image
 
+from grpo_vqa.config import entry_defaults
 from grpo_vqa.data.build import build_dataset, load_split, split_seed
 from grpo_vqa.data.images import DataError, load_image
 from grpo_vqa.data.relations import (
@@ -111,7 +112,9 @@ def test_build_dataset_writes_splits_images_and_manifest(tmp_path):
 
 
 def test_counting_items_answer_matches_scene_and_reward():
-    items = make_counting_items({"max_count": 7, "image_size": 112}, "test", 30, 5, "count")
+    items = make_counting_items(
+        entry_defaults("datasets", {"kind": "counting", "max_count": 7}), "test", 30, 5, "count"
+    )
     (shape_count,) = get_reward_funcs(["shape_count"])
     for it in items:
         shapes = [o.shape for o in it["_objects"]]
@@ -121,7 +124,7 @@ def test_counting_items_answer_matches_scene_and_reward():
 
 
 def test_grounding_reasoning_boxes_score_full_iou():
-    items = make_grounding_items({"image_size": 112}, "train", 20, 2, "ground")
+    items = make_grounding_items(entry_defaults("datasets", {"kind": "grounding"}), "train", 20, 2, "ground")
     (iou,) = get_reward_funcs(["iou"])
     for it in items:
         assert it["solution"] in "ABC"
@@ -131,7 +134,7 @@ def test_grounding_reasoning_boxes_score_full_iou():
 
 
 def test_math_items_verify_against_their_own_reasoning():
-    items = make_math_items({"image_size": 112}, "train", 20, 4, "math")
+    items = make_math_items(entry_defaults("datasets", {"kind": "math"}), "train", 20, 4, "math")
     (acc,) = get_reward_funcs(["math_accuracy"])
     for it in items:
         answer = it["reasoning"].rsplit("= ", 1)[1].rstrip(".")

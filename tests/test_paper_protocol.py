@@ -182,7 +182,8 @@ def test_8_bias_sets_undersample_the_minority_label(plan):
         ratios["bias_plain"] == 1.0 and ratios["bias_plain"] > ratios["bias_biased"] > ratios["bias_strong"]
     )
     for name in ratios:
-        assert "bias" not in job(plan, "fetch_dataset", dataset=name).cfg  # no half-vocabulary P(true)
+        # no half-vocabulary P(true): bias stays the schema's unbiased default, which build_dataset never applies
+        assert job(plan, "fetch_dataset", dataset=name).cfg["bias"] == 0.5
     assert any(i == "results/data/bias_strong" for i in job(plan, "table", table="bias").inputs)
 
 

@@ -88,10 +88,33 @@ def fill_defaults(config: dict, schema: dict | None = None) -> dict:
 
     One home per setting: a setting that exists once (a top-level key or a key of a top-level section) has its
     default in config/config.yaml, which the schema requires to hold it; a setting of a named entry
-    (``models.<name>``, ``experiments.<name>``, ...) has its default as the schema's ``default:``, filled here."""
+    (``models.<name>``, ``experiments.<name>``, ...) has its default as the schema's ``default:``, filled here.
+    A default that depends on another key (a dataset's ``max_count`` by ``kind``) sits in the ``then:`` (or
+    ``else:``) of an ``if:``; the branch whose condition holds for the entry applies."""
     schema = schema if schema is not None else load_schema()
     _fill(config, schema, schema)
     return config
+
+
+#: The ``$defs`` of a named entry's settings, by the top-level section that holds the entries.
+ENTRY_DEFS = {"models": "model", "datasets": "dataset", "experiments": "experiment"}
+
+
+def entry_defaults(section: str, entry: dict, schema: dict | None = None) -> dict:
+    """A copy of one named entry (``section``: models, datasets or experiments) with the schema's defaults
+    filled in, as :func:`validate_config` fills them: for code that builds from an entry that did not pass
+    through a whole config (the tokenizer corpus, tests, bench/)."""
+    schema = schema if schema is not None else load_schema()
+    out = copy.deepcopy(entry)
+    _fill(out, {"$ref": f"#/$defs/{ENTRY_DEFS[section]}"}, schema)
+    return out
+
+
+def tiny_spec_defaults(schema: dict | None = None) -> dict:
+    """The default of every tiny-model spec key (``models.<name>.tiny``): the schema's ``default:`` values."""
+    schema = schema if schema is not None else load_schema()
+    props = schema["$defs"]["model"]["properties"]["tiny"]["properties"]
+    return {key: copy.deepcopy(sub["default"]) for key, sub in props.items()}
 
 
 def _resolve(node: dict, root: dict) -> dict:
@@ -100,12 +123,23 @@ def _resolve(node: dict, root: dict) -> dict:
     return node
 
 
+def _holds(instance, condition: dict, root: dict) -> bool:
+    """Whether ``instance`` is valid against an ``if:`` subschema (``$ref`` resolved against ``root``)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator({**condition, "$defs": root.get("$defs", {})}).is_valid(instance)
+
+
 def _fill(instance, node: dict, root: dict) -> None:
     node = _resolve(node, root)
     if not isinstance(instance, dict) or not isinstance(node, dict):
         return
     for part in node.get("allOf", []):
         _fill(instance, part, root)
+    if "if" in node:
+        branch = node.get("then" if _holds(instance, node["if"], root) else "else")
+        if branch is not None:
+            _fill(instance, branch, root)
     for key, sub in (node.get("properties") or {}).items():
         sub_r = _resolve(sub, root)
         if key not in instance and isinstance(sub_r, dict) and "default" in sub_r:

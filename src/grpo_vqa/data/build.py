@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from ..config import entry_defaults
 from ..io import atomic_write_json
 from ..progress import progress
 from . import tasks
@@ -32,18 +33,18 @@ def split_seed(seed: int, dataset: str, split: str) -> int:
 
 
 def _relation_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
-    bias = cfg.get("bias", 0.5) if split != "test" else 0.5
+    bias = cfg["bias"] if split != "test" else 0.5  # the test split is always unbiased
     return make_relation_items(
         n,
         seed,
         relations=list(cfg["relations"]),
         bias=bias,
-        size=cfg.get("image_size", 112),
-        prompt_style=cfg.get("prompt_style", "vsr"),
+        size=cfg["image_size"],
+        prompt_style=cfg["prompt_style"],
         id_prefix=f"{name}-{split}",
-        radius=tuple(cfg.get("radius", (14, 22))),
-        tied_colors=bool(cfg.get("tied_colors", False)),
-        layout=cfg.get("layout", "free"),
+        radius=tuple(cfg["radius"]),
+        tied_colors=bool(cfg["tied_colors"]),
+        layout=cfg["layout"],
     )
 
 
@@ -52,6 +53,8 @@ def _task_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dic
 
 
 def generator_for(kind: str) -> Callable[[dict, str, int, int, str], list[dict]]:
+    """The item generator of ``kind``; it reads a dataset entry with its defaults filled in
+    (:func:`grpo_vqa.config.entry_defaults`, or a validated config's)."""
     if kind == "relation":
         return _relation_items
     if kind not in tasks.GENERATORS:
@@ -65,8 +68,8 @@ def _finalise_synthetic(
 ) -> list[dict]:
     """Render each item's scene to ``image_dir`` and turn the scene objects into box columns."""
     image_dir.mkdir(parents=True, exist_ok=True)
-    size = cfg.get("image_size", 112)
-    style = cfg.get("style", "flat")
+    size = cfg["image_size"]
+    style = cfg["style"]
     rng = random.Random(split_seed_ ^ 0x5EED)
     out = []
     for item in progress(items, desc=f"render {split}", interval=30):
@@ -85,12 +88,15 @@ def _finalise_synthetic(
 
 
 def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
-    """Generate or load every split of dataset ``name`` into ``out_dir``; returns the manifest."""
+    """Generate or load every split of dataset ``name`` into ``out_dir``; returns the manifest.
+
+    ``cfg`` is the ``datasets.<name>`` entry; settings it leaves out take the schema's defaults."""
     import datasets
 
     out_dir = Path(out_dir)
-    source = cfg.get("source", "synthetic")
-    manifest: dict = {"name": name, "source": source, "kind": cfg.get("kind"), "splits": {}}
+    cfg = entry_defaults("datasets", cfg)
+    source = cfg["source"]
+    manifest: dict = {"name": name, "source": source, "kind": cfg["kind"], "splits": {}}
     for split, n in cfg["splits"].items():
         if split not in SPLITS:
             raise ValueError(f"datasets.{name}.splits: unknown split {split!r}; known: {', '.join(SPLITS)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from ..config import entry_defaults
 from .build import generator_for
 from .relations import AXIS, DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
 from .scenes import COUNT_COLORS, PALETTES, SHAPES, Scene, SceneObject, render
@@ -102,6 +103,7 @@ def tokenizer_corpus(seed: int, system_prompt: str | None = None, n_per_kind: in
         texts += [item["problem"], item["text"]]
     for kind, variants in CORPUS_KINDS.items():
         for k, cfg in enumerate(variants):
+            cfg = entry_defaults("datasets", cfg)
             for it in generator_for(kind)(cfg, "train", n_per_kind, seed + k, f"corpus-{kind}"):
                 texts += [it["problem"], it["reasoning"], it["solution"], it.get("caption", "")]
     if system_prompt:

@@ -5,8 +5,9 @@
 * ``grounding`` — DrivingVQA-style multiple choice whose reasoning names boxes as ``x1,y1,x2,y2 object``.
 * ``math``      — the TRL recipe's multimodal math stand-in: an arithmetic expression rendered in the image.
 
-Each generator returns items (with ``_objects``, and ``_image`` when the image is not a plain scene) that
-:func:`grpo_vqa.data.build.build_dataset` renders and saves.
+Each generator reads a ``datasets.<name>`` entry with the schema's defaults filled in
+(:func:`grpo_vqa.config.entry_defaults`) and returns items (with ``_objects``, and ``_image`` when the image is
+not a plain scene) that :func:`grpo_vqa.data.build.build_dataset` renders and saves.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def counting_reasoning(counts: dict[str, int], target: str) -> str:
 
 def make_counting_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
     rng = random.Random(seed)
-    lo, hi = int(cfg.get("min_count", 1)), int(cfg.get("max_count", 5))
-    size = cfg.get("image_size", 112)
+    lo, hi = int(cfg["min_count"]), int(cfg["max_count"])
+    size = cfg["image_size"]
     items = []
     for i in range(n):
         counts = {s: rng.randint(lo, hi) for s in SHAPES}
@@ -79,9 +80,9 @@ def _box_text(obj: SceneObject) -> str:
 def make_grounding_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
     """Multiple choice: which object is <relation> the reference? Exactly one choice satisfies it."""
     rng = random.Random(seed)
-    size = cfg.get("image_size", 112)
+    size = cfg["image_size"]
     colors = list(PALETTES["flat"])
-    wording = cfg.get("prompt_style", "vsr")
+    wording = cfg["prompt_style"]
     items: list[dict] = []
     while len(items) < n:
         names = rng.sample([(s, c) for s in SHAPES for c in colors], 4)
@@ -137,8 +138,8 @@ def _render_text(text: str, size: int, rng: random.Random) -> Image.Image:
 def make_math_items(cfg: dict, split: str, n: int, seed: int, name: str) -> list[dict]:
     """Arithmetic shown in the image; the answer is an integer or a LaTeX fraction (math-verify checks it)."""
     rng = random.Random(seed)
-    size = cfg.get("image_size", 112)
-    hi = int(cfg.get("max_count", 9))
+    size = cfg["image_size"]
+    hi = int(cfg["max_count"])
     items = []
     for i in range(n):
         a, b = rng.randint(1, hi), rng.randint(1, hi)

@@ -14,29 +14,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, GenerationConfig
 
+from grpo_vqa.config import tiny_spec_defaults
 from grpo_vqa.models.loading import make_qwen_processor
 from grpo_vqa.models.tokenizer import check_arch, train_tokenizer
 
-#: Defaults of every spec key (see ``build_tiny_model``).
-DEFAULT_SPEC: dict = {
-    "text_hidden": 128,
-    "layers": 2,
-    "heads": 4,
-    "kv_heads": 2,
-    "intermediate": 256,
-    "vision_depth": 2,
-    "vision_hidden": 64,
-    "vision_heads": 2,
-    "vision_intermediate": 128,
-    "patch_size": 14,
-    "merge_size": 2,
-    "scale_factor": 2,
-    "image_size": 112,
-    "vocab_size": 512,
-    "rope_theta": 10.0,
-    "mrope_section": [2, 5, 9],
-    "max_position_embeddings": 4096,
-}
+#: Defaults of every spec key (see ``build_tiny_model``): the schema's ``models.<name>.tiny`` defaults, their one
+#: home (workflow/schemas/config.schema.yaml).
+DEFAULT_SPEC: dict = tiny_spec_defaults()
 
 # Chat templates written for this project in the style of the real ones (string or list content; images as
 # {"type": "image"} items; system/user/assistant roles; add_generation_prompt).

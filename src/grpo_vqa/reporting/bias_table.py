@@ -46,7 +46,7 @@ def bias_level(config: dict, exp: str) -> float:
     found = probe(config, exp)
     if found is not None:
         return float("nan") if found["accuracy"] is None else float(found["accuracy"])
-    return float(_dataset(config, exp)[1].get("bias", 0.5))
+    return float(_dataset(config, exp)[1]["bias"])
 
 
 def text_reliance(records: list[dict], majority: dict[str, str] | None = None) -> dict[str, float | None]:

@@ -28,7 +28,7 @@ def table_family(wildcards) -> str:
 
 def report_targets(config: dict) -> list[str]:
     """Report-only outputs (needed by no table): the judge verdict figure when the judge runs."""
-    return ["results/figures/alignment_verdicts.png"] if config["judge"].get("runs") else []
+    return ["results/figures/alignment_verdicts.png"] if config["judge"]["runs"] else []
 
 
 def sidecar_labels(path: str | Path) -> dict[str, str]:

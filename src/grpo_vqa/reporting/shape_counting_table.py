@@ -29,7 +29,7 @@ def generalisation_set(config: dict, exp: str) -> str | None:
 
 
 def train_max_count(config: dict, exp: str) -> int:
-    return int(config["datasets"][config["experiments"][exp]["dataset"]].get("max_count", 5))
+    return int(config["datasets"][config["experiments"][exp]["dataset"]]["max_count"])
 
 
 def accuracy_beyond(by_count: dict[str, dict], max_count: int) -> float | None:

@@ -23,9 +23,7 @@ ARCH_LABELS = {"qwen2_5_vl": "Qwen2.5-VL", "idefics3": "SmolVLM (Idefics3)"}
 
 def model_label(model_cfg: dict) -> str:
     arch = ARCH_LABELS.get(model_cfg["arch"], model_cfg["arch"])
-    return (
-        f"{arch} tiny" if model_cfg["source"] == "tiny" else f"{arch} {model_cfg.get('path') or ''}".strip()
-    )
+    return f"{arch} tiny" if model_cfg["source"] == "tiny" else f"{arch} {model_cfg['path']}".strip()
 
 
 def score_at(scores: dict, split: str, key: str = "accuracy") -> float | None:
