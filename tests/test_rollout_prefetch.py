@@ -91,6 +91,29 @@ def test_idefics3_prefetched_features_equal_the_processors(checkpoint):
     assert pre.submitted == 3  # images[0] once: it was waiting for the kwargs, then pending
 
 
+def test_idefics3_cache_on_a_grpo_batch_equals_the_processor(checkpoint):
+    """One sample repeated (GRPO's num_generations): stacked without padding, and TRL's second pass over the same
+    batch gets the first pass's tensors; both equal the processor's output."""
+    proc = _idefics3_processor(checkpoint)
+    base = proc.image_processor
+    (image,) = _images([(84, 112)], seed=6)
+    copy = image.copy()  # equal pixels, another object: the same sample
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    kw = dict(text=[text] * 4, images=[[image]] * 3 + [[copy]], return_tensors="pt", padding=True)
+    ref = proc(**kw)
+    cache = proc.image_processor = Idefics3ImageProcessorCache(base)
+    try:
+        first, second = proc(**kw), proc(**kw)
+    finally:
+        proc.image_processor = base
+    for out in (first, second):
+        assert set(out.keys()) == set(ref.keys())
+        for key in ref:
+            assert torch.equal(out[key], ref[key]), key
+    assert second["pixel_values"] is first["pixel_values"] and cache.processed == 1 and cache.calls == 2
+
+
 def test_qwen_prefetched_features_equal_the_processors():
     from transformers import Qwen2VLImageProcessorPil
 
