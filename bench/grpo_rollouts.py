@@ -7,10 +7,11 @@ Subcommands (run on the device machine):
           of 32 image prompts, bf16 teacher-forced agreement with transformers, SmolVLM KV-cache parity/speed.
   tf      bf16 teacher forcing: engine, generate's decode and the bf16 full forward, each against an fp32 forward.
   grpo    whole GRPO steps of one configuration in this process (``--setting trl_default|trl_tuned|trl_nocache|
-          fast``; ``--model qwen3b|smolvlm``).
+          fast|fast_noprefetch``; ``--model qwen3b|smolvlm``).
   all     every configuration, each in a fresh process, within ``--budget`` seconds; writes one JSON.
           ``--plan smolvlm``: SmolVLM-500M dims at the study's recipe, the engine against TRL with and without
-          the KV cache (the study ran SmolVLM with ``use_cache=False``).
+          the KV cache (the study ran SmolVLM with ``use_cache=False``) and the engine without its
+          background image prefetch (``fast_noprefetch``).
 """
 
 from __future__ import annotations
@@ -752,6 +753,8 @@ SETTINGS = {
     # TRL's defaults with generate(use_cache=False): the study's SmolVLM path
     "trl_nocache": {"engine": "hf", "checkpointing": True, "micro": None, "use_cache": False},
     "fast": {"engine": "fast", "checkpointing": False, "micro": 8},
+    # the engine without the background image prefetch (``rollout.prefetch_images: false``)
+    "fast_noprefetch": {"engine": "fast", "checkpointing": False, "micro": 8, "prefetch_images": False},
 }
 
 
@@ -853,7 +856,9 @@ def grpo(args) -> dict:
     )
     kwargs = {}
     if setting["engine"] == "fast":
-        kwargs["rollout_config"] = RolloutConfig(engine="fast", max_batch=64)
+        kwargs["rollout_config"] = RolloutConfig(
+            engine="fast", max_batch=64, prefetch_images=setting.get("prefetch_images", True)
+        )
     timer = Timer()
     trainer = grpo_trainer_class(setting["engine"])(
         model=model,
@@ -935,6 +940,7 @@ def grpo(args) -> dict:
         "grad_accum": accum,
         "gradient_checkpointing": setting["checkpointing"],
         "engine": setting["engine"],
+        "prefetch_images": setting.get("prefetch_images", True) if setting["engine"] == "fast" else None,
         "steps_timed": len(timed_steps),
         "warmup_steps": args.warmup,
         "step_s": step_s,
@@ -965,6 +971,9 @@ def grpo(args) -> dict:
     out["split_mean_s"] = split
     out["split_per_step"] = splits
     out["recipe"] = {"name": args.recipe, "lora": args.lora, **recipe}
+    prefetcher = getattr(trainer, "image_prefetcher", None)
+    if prefetcher is not None:
+        out["image_prefetch"] = {"submitted": prefetcher.submitted, "taken": prefetcher.taken}
     if setting["engine"] == "fast" and trainer.rollout_engine is not None:
         timings = trainer.rollout_engine.last_timings
         out["engine_timings_last"] = timings
@@ -1005,7 +1014,8 @@ STUDY_PLAN = [
 
 #: ``all --plan smolvlm``: SmolVLM-500M dims, the study's 4 rollouts/step, engine vs TRL with / without the cache
 SMOLVLM_PLAN = [
-    ("fast", 4, 8, 70),
+    ("fast", 4, 16, 75),
+    ("fast_noprefetch", 4, 16, 75),
     ("trl_default", 4, 2, 90),
     ("trl_nocache", 4, 1, 150),
 ]
@@ -1123,7 +1133,7 @@ def ratios(runs: dict) -> dict:
     out = {}
     for n in (4, 16, 32, 64):
         fast = runs.get(f"fast_{n}", {}).get("rollouts_per_s")
-        for base in ("trl_default", "trl_tuned", "trl_nocache"):
+        for base in ("fast_noprefetch", "trl_default", "trl_tuned", "trl_nocache"):
             ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
             if fast and ref:
                 out[f"fast_vs_{base}_{n}"] = fast / ref

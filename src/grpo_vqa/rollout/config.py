@@ -54,6 +54,10 @@ class RolloutConfig:
         cache_images: within one generation batch, preprocess each distinct image (Idefics3: each distinct
             sample's images) once (TRL processes the batch twice) and, for Qwen2.5-VL while the vision tower is
             frozen, encode it once (rollout prefill and every log-prob forward reuse the features).
+        prefetch_images: with ``cache_images``, preprocess the images of the next generation batch's rows in a
+            background thread (``ImagePrefetcher``, one worker) as the dataloader fetches them, so the CPU work
+            (SmolVLM: the 2048-px resize and 512-px tiling) overlaps the current batch's GPU work; the caches take
+            the thread's output, which is the processor's own. Off where ``dataloader_num_workers`` > 0.
         cache_dataset_rows: fetch each generation batch's dataset rows (and decode their images) once per
             generation instead of at every gradient-accumulation step.
         check_eos_every: decode steps between checks (a device sync) of whether every row has stopped.
@@ -77,6 +81,7 @@ class RolloutConfig:
     dedupe_prompts: bool = True
     batched_vision_attention: bool = True
     cache_images: bool = True
+    prefetch_images: bool = True
     cache_dataset_rows: bool = True
     check_eos_every: int = 16
     merge_lora: bool | None = None

@@ -11,7 +11,12 @@ from torch.utils.data import Dataset, IterableDataset
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from grpo_vqa.rollout.cache import Idefics3ImageProcessorCache, ImageFeatureCache, ImageProcessorCache
+from grpo_vqa.rollout.cache import (
+    Idefics3ImageProcessorCache,
+    ImageFeatureCache,
+    ImagePrefetcher,
+    ImageProcessorCache,
+)
 from grpo_vqa.rollout.config import RolloutConfig
 from grpo_vqa.rollout.engine import SUPPORTED_MODEL_TYPES, RolloutEngine, SamplingParams, unwrap_hf_model
 from grpo_vqa.rollout.vision import install_batched_vision_attention
@@ -28,9 +33,10 @@ class _RowCache(Dataset):
     rows are fetched and decoded once per generation.
     """
 
-    def __init__(self, dataset, capacity: int):
+    def __init__(self, dataset, capacity: int, on_fetch=None):
         self.dataset = dataset
         self.capacity = max(1, int(capacity))
+        self.on_fetch = on_fetch
         self._rows: OrderedDict[int, dict] = OrderedDict()
         self.misses = 0
 
@@ -43,6 +49,8 @@ class _RowCache(Dataset):
         if row is None:
             self.misses += 1
             row = self.dataset[index]
+            if self.on_fetch is not None:
+                self.on_fetch(row)
             self._rows[index] = row
             if len(self._rows) > self.capacity:
                 self._rows.popitem(last=False)
@@ -51,6 +59,43 @@ class _RowCache(Dataset):
         if isinstance(row, dict):  # fresh containers per use, shared (read-only) images
             return {k: (copy.deepcopy(v) if k == "prompt" else v) for k, v in row.items()}
         return row
+
+
+class _RowHook(Dataset):
+    """Map-style dataset view that calls ``on_fetch(row)`` with each row it returns."""
+
+    def __init__(self, dataset, on_fetch):
+        self.dataset = dataset
+        self.on_fetch = on_fetch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        row = self.dataset[index]
+        self.on_fetch(row)
+        return row
+
+
+def row_images(row) -> list | None:
+    """A dataset row's images as TRL's GRPOTrainer finds them: ``images``, ``image``, or the prompt's image parts."""
+    if not isinstance(row, dict):
+        return None
+    if "images" in row:
+        return list(row["images"] or []) or None
+    if "image" in row:
+        return None if row["image"] is None else [row["image"]]
+    prompt = row.get("prompt")
+    if not isinstance(prompt, list):
+        return None
+    found = [
+        part["image"]
+        for message in prompt
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image" and part.get("image") is not None
+    ]
+    return found or None
 
 
 def sampling_params_from(generation_config) -> SamplingParams:
@@ -78,6 +123,7 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
         self.rollout_engine: RolloutEngine | None = None
         self.image_feature_cache: ImageFeatureCache | None = None
         self.image_processor_cache: ImageProcessorCache | None = None
+        self.image_prefetcher: ImagePrefetcher | None = None
         reason = self._fast_unsupported_reason()
         if reason:
             logger.warning("fast rollouts disabled, using TRL's generation: %s", reason)
@@ -95,22 +141,46 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
         self.rollout_sampling = sampling_params_from(self.generation_config)
         if self.rollout_config.cache_images and self.rollout_engine.model_type == "qwen2_5_vl":
             self.image_feature_cache = ImageFeatureCache(hf_model.model)
+        if (
+            self.rollout_config.prefetch_images
+            and self._image_cache_class() is not None
+            and not self.args.dataloader_num_workers
+        ):
+            self.image_prefetcher = ImagePrefetcher(
+                workers=1, capacity=max(8, 2 * self.args.generation_batch_size)
+            )
+
+    def _image_cache_class(self) -> type | None:
+        """The processor cache for this processor's image processor (``None``: no cache)."""
+        if self.rollout_engine is None or not self.rollout_config.cache_images:
+            return None
+        name = type(getattr(self.processing_class, "image_processor", None)).__name__
+        if name.startswith("Qwen2VLImageProcessor"):
+            return ImageProcessorCache
+        if name.startswith("Idefics3ImageProcessor"):
+            return Idefics3ImageProcessorCache
+        return None
+
+    def _prefetch_row(self, row) -> None:
+        if self.image_prefetcher is not None:
+            self.image_prefetcher.submit(row_images(row))
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.image_prefetcher is not None:
+                self.image_prefetcher.shutdown()
 
     def _generate_and_score_completions(self, inputs):
         proc = self.processing_class
         base = getattr(proc, "image_processor", None)
-        cache_cls = None
-        if self.rollout_engine is not None and self.rollout_config.cache_images:
-            name = type(base).__name__
-            if name.startswith("Qwen2VLImageProcessor"):
-                cache_cls = ImageProcessorCache
-            elif name.startswith("Idefics3ImageProcessor"):
-                cache_cls = Idefics3ImageProcessorCache
+        cache_cls = self._image_cache_class()
         swap = cache_cls is not None
         if self.image_feature_cache is not None:
             self.image_feature_cache.clear()
         if swap:
-            self.image_processor_cache = cache_cls(base)
+            self.image_processor_cache = cache_cls(base, prefetcher=self.image_prefetcher)
             proc.image_processor = self.image_processor_cache
         try:
             return super()._generate_and_score_completions(inputs)
@@ -134,15 +204,20 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
 
     def get_train_dataloader(self):
         dataset = self.train_dataset
-        cache = (
-            self.rollout_config.cache_dataset_rows
-            and dataset is not None
+        mapped = (
+            dataset is not None
             and not isinstance(dataset, IterableDataset)
             and hasattr(dataset, "__getitem__")
         )
-        if not cache:
+        on_fetch = self._prefetch_row if self.image_prefetcher is not None else None
+        if not mapped or not (self.rollout_config.cache_dataset_rows or on_fetch):
             return super().get_train_dataloader()
-        self.train_dataset = _RowCache(dataset, capacity=self.args.generation_batch_size)
+        if self.rollout_config.cache_dataset_rows:
+            self.train_dataset = _RowCache(
+                dataset, capacity=self.args.generation_batch_size, on_fetch=on_fetch
+            )
+        else:
+            self.train_dataset = _RowHook(dataset, on_fetch)
         try:
             return super().get_train_dataloader()
         finally:
