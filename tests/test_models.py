@@ -354,6 +354,7 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
     """A job killed after its last checkpoint but before writing its output must not train again on rerun."""
     from safetensors.torch import load_file
 
+    from grpo_vqa.training.common import TrainJob
     from grpo_vqa.training.sft import run_sft
 
     rows = sft_rows_answering_true(7)  # the last checkpoint falls mid-epoch, as in a real run
@@ -367,8 +368,8 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(built, tmp_path):
         lora=lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )
     path = str(built["qwen2_5_vl"])
-    first = run_sft(path, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0)
-    again = run_sft(path, rows, tmp_path / "b", tmp_path / "ck", cfg, seed=0)
+    first = run_sft(TrainJob(path, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0))
+    again = run_sft(TrainJob(path, rows, tmp_path / "b", tmp_path / "ck", cfg, seed=0))
     assert again["resumed_from"].endswith("checkpoint-2")
     assert [h["step"] for h in again["history"]] == [h["step"] for h in first["history"]] == [1, 2]
     a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("a", "b"))
@@ -380,6 +381,7 @@ def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_pa
     from safetensors.torch import load_file
 
     from grpo_vqa.models.merge import merge_adapter
+    from grpo_vqa.training.common import TrainJob
     from grpo_vqa.training.sft import run_sft
 
     rows = sft_rows_answering_true(4)
@@ -389,7 +391,9 @@ def test_modules_to_save_trains_the_lm_head_and_the_merge_keeps_it(built, tmp_pa
     )
     for name, mts in (("plain", []), ("mts", ["lm_head"])):
         adapter = lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=mts)
-        run_sft(path, rows, tmp_path / name, tmp_path / f"ck-{name}", cfg | {"lora": adapter}, seed=0)
+        run_sft(
+            TrainJob(path, rows, tmp_path / name, tmp_path / f"ck-{name}", cfg | {"lora": adapter}, seed=0)
+        )
         merge_adapter(tmp_path / name, tmp_path / f"{name}-merged")
     saved = load_file(tmp_path / "mts" / "adapter_model.safetensors")
     assert any("lm_head" in k for k in saved)
@@ -409,6 +413,7 @@ def test_evaluating_an_adapter_loads_the_weights_merge_lora_saves(built, tmp_pat
     the merged model rule merge_lora writes (so the evaluation is the same), and not the base model's."""
     from grpo_vqa.evaluation.run import load_eval_model
     from grpo_vqa.models.merge import is_lora_adapter, merge_adapter
+    from grpo_vqa.training.common import TrainJob
     from grpo_vqa.training.sft import run_sft
 
     adapter = lora(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["lm_head"])
@@ -416,7 +421,7 @@ def test_evaluating_an_adapter_loads_the_weights_merge_lora_saves(built, tmp_pat
         "sft", max_steps=2, learning_rate=1e-2, per_device_train_batch_size=2, warmup_ratio=0.0, save_steps=10
     )
     cfg |= {"lora": adapter}
-    run_sft(str(built[arch]), sft_rows_answering_true(4), tmp_path / "a", tmp_path / "ck", cfg, seed=0)
+    run_sft(TrainJob(built[arch], sft_rows_answering_true(4), tmp_path / "a", tmp_path / "ck", cfg, seed=0))
     merge_adapter(tmp_path / "a", tmp_path / "merged")
     assert is_lora_adapter(tmp_path / "a") and not is_lora_adapter(tmp_path / "merged")
     in_memory = load_eval_model(str(tmp_path / "a")).state_dict()

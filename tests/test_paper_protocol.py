@@ -313,13 +313,13 @@ def test_lora_all_linear_spares_the_vision_tower_and_the_output_layer():
 def test_epochs_reach_the_trainer_with_max_steps_minus_one(tmp_path):
     from config_helpers import train_section
 
-    from grpo_vqa.training.common import shared_trainer_kwargs
+    from grpo_vqa.training.common import TrainJob, shared_trainer_kwargs
 
     cfg = train_section(
         "sft", max_steps=-1, num_train_epochs=2, learning_rate=1e-5, per_device_train_batch_size=4
     )
     cfg |= {"fp16": True}
-    kw = shared_trainer_kwargs(cfg, tmp_path, 42, None, "bfloat16")
+    kw = shared_trainer_kwargs(TrainJob("m", None, tmp_path, tmp_path, cfg, 42, dtype="bfloat16"))
     assert (kw["max_steps"], kw["num_train_epochs"], kw["per_device_train_batch_size"]) == (-1, 2.0, 4)
     import torch
 

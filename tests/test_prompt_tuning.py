@@ -171,6 +171,7 @@ def test_prompt_tuning_trains_the_prompt_only_resumes_and_evaluates(qwen, tmp_pa
 
     from grpo_vqa.evaluation.generate import evaluate_split
     from grpo_vqa.evaluation.run import load_eval_model
+    from grpo_vqa.training.common import TrainJob
     from grpo_vqa.training.prompt_tuning import prompt_tuning_rows, run_prompt_tuning
 
     img_dir = tmp_path / "img"
@@ -203,14 +204,14 @@ def test_prompt_tuning_trains_the_prompt_only_resumes_and_evaluates(qwen, tmp_pa
         "warmup_ratio": 0.0,
         "save_steps": 1,
     }
-    first = run_prompt_tuning(qwen, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0)
+    first = run_prompt_tuning(TrainJob(qwen, rows, tmp_path / "a", tmp_path / "ck", cfg, seed=0))
     assert [h["step"] for h in first["history"]] == [1, 2]
     weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
     assert list(weights) == ["prompt_embeddings"] and weights["prompt_embeddings"].shape[0] == N_VIRTUAL
     init = prompt_tuning_config(cfg, qwen)
     assert init.num_virtual_tokens == N_VIRTUAL and init.prompt_tuning_init_text
     # a rerun finds the final checkpoint and trains no further
-    again = run_prompt_tuning(qwen, rows, tmp_path / "b", tmp_path / "ck", cfg, seed=0)
+    again = run_prompt_tuning(TrainJob(qwen, rows, tmp_path / "b", tmp_path / "ck", cfg, seed=0))
     assert again["resumed_from"].endswith("checkpoint-2")
     assert torch.equal(load_file(tmp_path / "b" / "adapter_model.safetensors")["prompt_embeddings"],
                        weights["prompt_embeddings"])  # fmt: skip

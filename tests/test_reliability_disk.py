@@ -26,6 +26,7 @@ from reliability_helpers import case  # noqa: E402
 
 from grpo_vqa.training.common import (  # noqa: E402
     COMPLETE_MARKER,
+    TrainJob,
     latest_complete_checkpoint,
     make_complete_marker_callback,
     shared_trainer_kwargs,
@@ -63,7 +64,7 @@ def trainer(ckpt_dir: Path):
     torch.manual_seed(0)
     cfg = train_section("sft", max_steps=MAX_STEPS, learning_rate=1e-2, per_device_train_batch_size=4)
     cfg |= {"save_steps": 1, "lr_scheduler_type": "cosine"}
-    kwargs = shared_trainer_kwargs(cfg, ckpt_dir, seed=0, log_dir=None, dtype="float32")
+    kwargs = shared_trainer_kwargs(TrainJob("m", None, ckpt_dir, ckpt_dir, cfg, seed=0))
     args = TrainingArguments(**kwargs, logging_steps=1)
     return Trainer(
         model=Regressor(),

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from grpo_vqa.config import ConfigError, validate_config  # noqa: E402
 from grpo_vqa.rollout.config import ENGINE_CHOICES, SUPPORTED_MODEL_TYPES, choose_engine  # noqa: E402
 from grpo_vqa.training import grpo as grpo_mod  # noqa: E402
+from grpo_vqa.training.common import TrainJob  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "config", "config.yaml")
 
@@ -105,7 +106,7 @@ def test_run_grpo_auto_on_cpu_builds_trls_trainer_as_hf_does(tmp_path, monkeypat
     for engine in ("hf", "auto"):
         cfg = copy.deepcopy({**base, "rollout_engine": engine})
         with pytest.raises(_Stop):
-            grpo_mod.run_grpo(str(ckpt), None, tmp_path / "out", tmp_path / "ckpt", cfg, seed=0)
+            grpo_mod.run_grpo(TrainJob(ckpt, None, tmp_path / "out", tmp_path / "ckpt", cfg, seed=0))
     out = capsys.readouterr().out
     assert "[grpo] rollout engine: hf (rollout_engine: hf)" in out
     assert "[grpo] rollout engine: hf (auto: no CUDA device" in out
@@ -147,7 +148,7 @@ def test_run_grpo_reports_rollouts_per_second(tmp_path, monkeypatch, capsys):
         "save_steps": 100,
     }
     out = tmp_path / "out"
-    result = grpo_mod.run_grpo(str(model), rows, out, tmp_path / "ckpt", cfg, seed=0)
+    result = grpo_mod.run_grpo(TrainJob(model, rows, out, tmp_path / "ckpt", cfg, seed=0))
     log = capsys.readouterr().out
     rate = json.loads((out / "rollout_rate.json").read_text())
     assert rate == result["rollout_rate"]

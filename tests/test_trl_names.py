@@ -46,7 +46,7 @@ def load(*files: str) -> dict:
 
 def built(cfg: dict, exp: str, stage: str, tmp_path, recipe: str | None = None):
     """The (TRL args, PEFT config) the training script of ``exp``'s ``stage`` builds (one process)."""
-    from grpo_vqa.training.common import lora_config
+    from grpo_vqa.training.common import TrainJob, lora_config
     from grpo_vqa.training.grpo import grpo_args
     from grpo_vqa.training.prompt_tuning import prompt_tuning_config
     from grpo_vqa.training.sft import sft_args
@@ -54,10 +54,14 @@ def built(cfg: dict, exp: str, stage: str, tmp_path, recipe: str | None = None):
     dtype = cfg["models"][cfg["experiments"][exp]["model"]].get("dtype", "float32")
     if recipe:
         section = prompt_tuning_recipe(cfg, exp, recipe)
-        return sft_args(section, tmp_path, 1, tmp_path, dtype, None), prompt_tuning_config(section, "tok")
+        return sft_args(
+            TrainJob("m", None, tmp_path, tmp_path, section, 1, tmp_path, dtype)
+        ), prompt_tuning_config(section, "tok")
     section = stage_config(cfg, exp, stage)
     make = sft_args if stage == "sft" else grpo_args
-    return make(section, tmp_path, 1, tmp_path, dtype, None), lora_config(section["lora"])
+    return make(TrainJob("m", None, tmp_path, tmp_path, section, 1, tmp_path, dtype)), lora_config(
+        section["lora"]
+    )
 
 
 def _norm(value):

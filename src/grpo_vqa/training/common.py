@@ -8,7 +8,9 @@ import os
 import random
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError
 from ..data.images import load_image
@@ -36,25 +38,56 @@ def setup_runtime(seed: int, threads: int | None) -> None:
     torch.manual_seed(seed)
 
 
-def shared_trainer_kwargs(
-    cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: dict | None = None
-) -> dict:
+@dataclass
+class TrainJob:
+    """One training run: what SFT, GRPO, soft-prompt tuning and the warm start each take.
+
+    Fields:
+        model_path: the model directory to start from.
+        train_rows: the training rows (a ``datasets.Dataset`` in the trainer's format).
+        out_dir: the final artefact's folder (the rule's output, written atomically at the end).
+        ckpt_dir: checkpoints (kept across retries, not a Snakemake output); a rerun resumes from the newest.
+        cfg: the trainer's complete section (``sft``, ``grpo``, ``prompt_tuning`` or the warm start's), TRL's
+            names, read without fallbacks.
+        seed: the run's seed (TrainingArguments ``seed`` and ``data_seed``).
+        log_dir: TensorBoard folder (``None``: no TensorBoard).
+        dtype: the weights' dtype (``models.<m>.dtype``; float32, the schema's default, on CPUs).
+        logging_cfg: the config's ``logging`` section (Weights & Biases); ``None``: TensorBoard only.
+    """
+
+    model_path: str
+    train_rows: Any
+    out_dir: Path
+    ckpt_dir: Path
+    cfg: dict
+    seed: int
+    log_dir: Path | None = None
+    dtype: str = "float32"
+    logging_cfg: dict | None = None
+
+    def __post_init__(self):
+        self.model_path = str(self.model_path)
+        self.out_dir, self.ckpt_dir = Path(self.out_dir), Path(self.ckpt_dir)
+
+
+def shared_trainer_kwargs(job: TrainJob) -> dict:
     """TrainingArguments both trainers take the same way (checkpointing, logging, seeds, precision, device).
 
-    ``cfg`` is a complete training section (config/config.yaml holds every key's default) in TRL's names, read
+    ``job.cfg`` is a complete training section (config/config.yaml holds every key's default) in TRL's names, read
     without fallbacks. Logs go to TensorBoard under ``log_dir``, and to Weights & Biases when
     ``logging_cfg.wandb.enabled``. ``per_device_train_batch_size`` is per process (TRL's meaning); the running
     world size must match ``cfg["launch"]`` (a section without ``launch``, e.g. prompt tuning's, runs one process).
     """
     import torch
 
+    cfg, seed = job.cfg, job.seed
     stage = "grpo" if "num_generations" in cfg else "sft"
     check_world_size(cfg.get("launch"), f"{stage}.launch")
 
     # fp16 mixed precision (the study's) is a GPU setting: on CPUs the model runs in its weights' dtype
     fp16 = bool(cfg["fp16"]) and torch.cuda.is_available()
     return {
-        "output_dir": str(ckpt_dir),
+        "output_dir": str(job.ckpt_dir),
         # TRL's meaning: max_steps -1 trains num_train_epochs epochs; a positive max_steps wins over epochs
         "max_steps": int(cfg["max_steps"]),
         "num_train_epochs": float(cfg["num_train_epochs"]),
@@ -65,10 +98,10 @@ def shared_trainer_kwargs(
         "save_steps": int(cfg["save_steps"]),
         "save_strategy": "steps",
         "save_total_limit": 2,
-        "report_to": report_to(log_dir, logging_cfg),
+        "report_to": report_to(job.log_dir, job.logging_cfg),
         "seed": seed,
         "data_seed": seed,
-        "bf16": dtype == "bfloat16" and not fp16,  # TRL defaults to bf16, very slow on CPUs without AMX
+        "bf16": job.dtype == "bfloat16" and not fp16,  # TRL defaults to bf16, very slow on CPUs without AMX
         **({"fp16": True} if fp16 else {}),
         "gradient_checkpointing": bool(cfg["gradient_checkpointing"]),
         "use_cpu": not torch.cuda.is_available(),

@@ -9,11 +9,10 @@ line).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..data.schema import prompt_messages
 from ..rewards import get_reward_funcs
 from .common import (
+    TrainJob,
     lora_config,
     make_complete_marker_callback,
     shared_trainer_kwargs,
@@ -34,19 +33,13 @@ def grpo_rows(ds, system_prompt: str | None):
     return ds.remove_columns([c for c in ds.column_names if c not in keep])
 
 
-def grpo_args(
-    cfg: dict,
-    ckpt_dir: str | Path,
-    seed: int,
-    log_dir: str | Path | None,
-    dtype: str,
-    logging_cfg: dict | None = None,
-):
-    """A ``GRPOConfig`` from the pipeline's flat ``grpo`` section."""
+def grpo_args(job: TrainJob):
+    """A ``GRPOConfig`` from the pipeline's flat ``grpo`` section (``job.cfg``)."""
     from trl import GRPOConfig
 
+    cfg = job.cfg
     return GRPOConfig(
-        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
+        **shared_trainer_kwargs(job),
         num_generations=int(cfg["num_generations"]),
         max_completion_length=int(cfg["max_completion_length"]),
         temperature=float(cfg["temperature"]),
@@ -142,22 +135,13 @@ def rollout_engine_for(cfg: dict, model) -> tuple[str, str]:
     )
 
 
-def run_grpo(
-    model_path: str,
-    train_rows,
-    out_dir: str | Path,
-    ckpt_dir: str | Path,
-    cfg: dict,
-    seed: int,
-    log_dir: str | Path | None = None,
-    dtype: str = "float32",
-    logging_cfg: dict | None = None,
-) -> dict:
+def run_grpo(job: TrainJob) -> dict:
+    """GRPO with LoRA from ``job.model_path``; saves the adapter, processor and rollout rate to ``job.out_dir``."""
     from ..models.loading import load_model, load_processor
 
-    ckpt_dir = Path(ckpt_dir)
-    model = load_model(model_path, dtype=dtype)
-    processor = load_processor(model_path, padding_side="left")
+    cfg = job.cfg
+    model = load_model(job.model_path, dtype=job.dtype)
+    processor = load_processor(job.model_path, padding_side="left")
     engine, why = rollout_engine_for(cfg, model)
     print(f"[grpo] rollout engine: {engine} ({why})", flush=True)
     rate = RolloutRate("grpo", engine, why)
@@ -170,8 +154,8 @@ def run_grpo(
         **extra,
         model=model,
         reward_funcs=get_reward_funcs(list(cfg["rewards"])),
-        args=grpo_args(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
-        train_dataset=train_rows,
+        args=grpo_args(job),
+        train_dataset=job.train_rows,
         processing_class=processor,
         peft_config=lora_config(cfg["lora"]),
         callbacks=[make_complete_marker_callback(), LogProgress("grpo"), rate],
@@ -180,8 +164,8 @@ def run_grpo(
     result = train_resume_save(
         trainer,
         processor,
-        ckpt_dir,
-        out_dir,
+        job.ckpt_dir,
+        job.out_dir,
         "grpo",
         "reward",
         extra_files=lambda: {"rollout_rate.json": rate.summary()},

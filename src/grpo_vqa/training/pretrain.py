@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..data.pretrain import make_pretrain_items
 from ..data.schema import prompt_messages
+from .common import TrainJob
 from .sft import run_sft
 
 #: Optional keys of ``models.<name>.pretrain`` passed to :func:`grpo_vqa.data.pretrain.make_pretrain_items`.
@@ -45,4 +46,4 @@ def warm_start(
         "gradient_checkpointing": False,
     }
     rows = pretrain_rows(int(cfg["n_images"]), seed, size, **{k: cfg[k] for k in ITEM_KEYS if k in cfg})
-    return run_sft(str(model_dir), rows, out_dir, ckpt_dir, train_cfg, seed, use_lora=False)
+    return run_sft(TrainJob(model_dir, rows, out_dir, ckpt_dir, train_cfg, seed), use_lora=False)

@@ -14,10 +14,8 @@ Checkpoints and resume as in :mod:`grpo_vqa.training.sft` (``train_resume_save``
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..models.soft_prompt import attach_mrope_positions
-from .common import make_complete_marker_callback, target_text
+from .common import TrainJob, make_complete_marker_callback, target_text, train_resume_save
 from .progress import LogProgress
 from .sft import sft_args, sft_rows
 
@@ -90,32 +88,19 @@ def prompt_tuning_config(cfg: dict, tokenizer_path: str):
     )
 
 
-def run_prompt_tuning(
-    model_path: str,
-    train_rows,
-    out_dir: str | Path,
-    ckpt_dir: str | Path,
-    cfg: dict,
-    seed: int,
-    log_dir: str | Path | None = None,
-    dtype: str = "float32",
-    logging_cfg: dict | None = None,
-) -> dict:
-    """Train one soft prompt on the frozen ``model_path`` and save the adapter plus processor to ``out_dir``."""
+def run_prompt_tuning(job: TrainJob) -> dict:
+    """Train one soft prompt on the frozen ``job.model_path``; save the adapter plus processor to ``job.out_dir``."""
     from trl import SFTTrainer
 
     from ..models.loading import load_model, load_processor
-    from .common import train_resume_save
 
-    ckpt_dir = Path(ckpt_dir)
-    model = load_model(model_path, dtype=dtype)
-    processor = load_processor(model_path, padding_side="right")
-    args = sft_args(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg)
-    peft_config = prompt_tuning_config(cfg, model_path)
+    model = load_model(job.model_path, dtype=job.dtype)
+    processor = load_processor(job.model_path, padding_side="right")
+    peft_config = prompt_tuning_config(job.cfg, job.model_path)
     trainer = SFTTrainer(
         model=model,
-        args=args,
-        train_dataset=train_rows,
+        args=sft_args(job),
+        train_dataset=job.train_rows,
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[make_complete_marker_callback(), LogProgress("prompt_tuning")],
@@ -124,4 +109,4 @@ def run_prompt_tuning(
     if not trainable or any("prompt_encoder" not in n for n in trainable):
         raise RuntimeError(f"prompt tuning must train the soft prompt only; trainable: {trainable[:5]}")
     attach_mrope_positions(trainer.model)
-    return train_resume_save(trainer, processor, ckpt_dir, out_dir, "prompt_tuning", "loss")
+    return train_resume_save(trainer, processor, job.ckpt_dir, job.out_dir, "prompt_tuning", "loss")

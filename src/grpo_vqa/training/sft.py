@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..data.schema import prompt_messages
 from .common import (
+    TrainJob,
     lora_config,
     make_complete_marker_callback,
     shared_trainer_kwargs,
@@ -47,12 +48,13 @@ def sft_rows(
     return ds.map(to_row, remove_columns=[c for c in ds.column_names if c not in keep])
 
 
-def sft_args(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: dict | None):
+def sft_args(job: TrainJob):
     """The ``SFTConfig`` of a supervised stage (SFT, warm start, soft-prompt tuning) from its flat section."""
     from trl import SFTConfig
 
+    cfg = job.cfg
     return SFTConfig(
-        **shared_trainer_kwargs(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg),
+        **shared_trainer_kwargs(job),
         warmup_steps=float(cfg["warmup_ratio"]),  # a float in [0, 1) is a ratio
         max_length=None,  # a length limit could cut image tokens
         completion_only_loss=True,
@@ -60,33 +62,20 @@ def sft_args(cfg: dict, ckpt_dir, seed: int, log_dir, dtype: str, logging_cfg: d
     )
 
 
-def run_sft(
-    model_path: str,
-    train_rows,
-    out_dir: str | Path,
-    ckpt_dir: str | Path,
-    cfg: dict,
-    seed: int,
-    use_lora: bool = True,
-    log_dir: str | Path | None = None,
-    dtype: str = "float32",
-    logging_cfg: dict | None = None,
-) -> dict:
-    """Train and save the final model (LoRA adapter or full weights) plus processor to ``out_dir``."""
+def run_sft(job: TrainJob, use_lora: bool = True) -> dict:
+    """Train and save the final model (LoRA adapter or full weights) plus processor to ``job.out_dir``."""
     from trl import SFTTrainer
 
     from ..models.loading import load_model, load_processor
 
-    ckpt_dir = Path(ckpt_dir)
-    model = load_model(model_path, dtype=dtype)
-    processor = load_processor(model_path, padding_side="right")
-    args = sft_args(cfg, ckpt_dir, seed, log_dir, dtype, logging_cfg)
+    model = load_model(job.model_path, dtype=job.dtype)
+    processor = load_processor(job.model_path, padding_side="right")
     trainer = SFTTrainer(
         model=model,
-        args=args,
-        train_dataset=train_rows,
+        args=sft_args(job),
+        train_dataset=job.train_rows,
         processing_class=processor,
-        peft_config=lora_config(cfg["lora"]) if use_lora else None,
+        peft_config=lora_config(job.cfg["lora"]) if use_lora else None,
         # the token count is saved before the completion marker (callbacks run in this order)
         callbacks=[
             _token_count_callback(lambda: trainer),
@@ -97,8 +86,8 @@ def run_sft(
     return train_resume_save(
         trainer,
         processor,
-        ckpt_dir,
-        out_dir,
+        job.ckpt_dir,
+        job.out_dir,
         "sft",
         "loss",
         on_resume=lambda ck: _restore_token_count(trainer, ck),
