@@ -38,7 +38,7 @@ def main() -> None:
         from grpo_vqa.data.pretrain import tokenizer_corpus
         from grpo_vqa.models.tiny import build_tiny_model
         from grpo_vqa.training.common import setup_runtime
-        from grpo_vqa.training.pretrain import warm_start
+        from grpo_vqa.training.warm_start import warm_start
 
         setup_runtime(args.seed, args.threads)
         from grpo_vqa.training.common import run_checkpoint_dir
