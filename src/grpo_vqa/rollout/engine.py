@@ -1,15 +1,14 @@
 """Fast rollouts for Qwen2.5-VL and SmolVLM (Idefics3): full-model prefill, then a static-KV one-token decode step
 in a CUDA graph.
 
-Both language models are Llama-style decoders (RMSNorm, GQA, RoPE, SiLU MLP; Qwen2 adds q/k/v biases); during
-decode every token is text, so Qwen's M-RoPE reduces to plain RoPE at one position and one step serves both.
 Prefill runs the Hugging Face model (vision encoder, LoRA, M-RoPE / Idefics3's image merge included) once per distinct prompt and copies
-its KV cache into a static cache. Decode runs the language model functionally over the live parameter tensors
-(LoRA adapters applied inside the step, so optimizer updates are picked up without re-capture): grouped-query
-attention keeps one KV head per group by folding the group's query heads into the query length. The step
-(embedding, layers, head, sampling, EOS bookkeeping) reads and writes only static buffers, so on CUDA it is
-captured once per (batch, cache length) and replayed; each layer can be ``torch.compile``-d (one graph shared by
-all layers). On CPU the same step runs eagerly, which is what the tests compare against ``generate``.
+its KV cache into a static cache. Decode runs the language model functionally (``rollout.decode``) over the live
+parameter tensors or their merged copies (``rollout.weights``; LoRA adapters applied inside the step, so optimizer
+updates are picked up without re-capture). The step (embedding, layers, head, sampling, EOS bookkeeping) reads and
+writes only static buffers, so on CUDA it is captured once per (batch, cache length) and replayed; each layer can be
+``torch.compile``-d (one graph shared by all layers). On CPU the same step runs eagerly, which is what the tests
+compare against ``generate``. ``rollout.prompts`` holds the record of a batch of prompts and the dedupe of repeated
+ones.
 """
 
 from __future__ import annotations
@@ -22,26 +21,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from grpo_vqa.rollout.config import SUPPORTED_MODEL_TYPES, RolloutConfig
+from grpo_vqa.rollout.decode import (
+    SamplingParams,
+    decoder_layer,
+    decoder_layer_fused,
+    linear,
+    rms_norm,
+    select_tokens,
+)
+from grpo_vqa.rollout.prompts import Prompts, images_per_row, unique_rows
 from grpo_vqa.rollout.vision import install_batched_vision_attention
+from grpo_vqa.rollout.weights import DecodeWeights
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "RolloutEngine", "RolloutOutput", "SamplingParams", "select_tokens"]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Token selection: greedy (``do_sample=False``) or sampling with temperature / top-k / top-p / min-p."""
-
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float | None = None
-
-    def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "RolloutEngine",
+    "RolloutOutput",
+    "SamplingParams",
+    "select_tokens",
+    "unwrap_hf_model",
+]
 
 
 @dataclass
@@ -64,212 +63,6 @@ class RolloutOutput:
         return [t[:n] for t, n in zip(toks, lens, strict=True)], [
             p[:n] for p, n in zip(lps, lens, strict=True)
         ]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Functional decoder pieces (shared by the eager and the compiled / graphed step)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
-
-
-def _linear(x: torch.Tensor, lin: tuple) -> torch.Tensor:
-    weight, bias, loras = lin
-    y = F.linear(x, weight, bias)
-    for lora_a, lora_b, scale in loras:
-        # PEFT: adapter in its own dtype, added in the wider dtype, then cast back
-        y = (y + F.linear(F.linear(x.to(lora_a.dtype), lora_a), lora_b) * scale).to(y.dtype)
-    return y
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _attend(q, k_cache, v_cache, key_mask):
-    """Attention of one new query per row over the static cache: q (B, kv, groups, D), k/v (B, kv, L, D), key_mask
-    (B, 1, 1, L) bool. Written out (two batched products and an fp32 softmax) rather than through
-    ``scaled_dot_product_attention``, whose cuDNN kernel, chosen on Hopper, took 14-18 us per layer here against
-    about 1.4 MB of K/V to read (measured on an H100; bench/grpo_rollouts.py decode)."""
-    scores = torch.matmul(q, k_cache.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
-    probs = torch.softmax(scores.masked_fill(~key_mask, float("-inf")), dim=-1)
-    return torch.matmul(probs.to(v_cache.dtype), v_cache)
-
-
-def _decoder_layer(h, cos, sin, k_cache, v_cache, slot, key_mask, weights, dims):
-    """One decoder layer for one new token per row; writes its K/V at cache index ``slot``."""
-    n_kv, groups, head_dim, eps = dims
-    ln1, q_lin, k_lin, v_lin, o_lin, ln2, gate, up, down = weights
-    batch = h.shape[0]
-    x = _rms_norm(h, ln1, eps)
-    # query heads h = kv * groups + g: fold each KV head's query heads into the query length
-    q = _linear(x, q_lin).view(batch, n_kv, groups, head_dim)
-    k = _linear(x, k_lin).view(batch, n_kv, 1, head_dim)
-    v = _linear(x, v_lin).view(batch, n_kv, 1, head_dim)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    k_cache[:, :, slot] = k  # index_put_: updated in place, also under torch.compile
-    v_cache[:, :, slot] = v
-    attn = _attend(q, k_cache, v_cache, key_mask)
-    h = h + _linear(attn.reshape(batch, n_kv * groups * head_dim), o_lin)
-    x = _rms_norm(h, ln2, eps)
-    return h + _linear(F.silu(_linear(x, gate)) * _linear(x, up), down)
-
-
-def _decoder_layer_fused(h, cos, sin, k_cache, v_cache, slot, key_mask, weights, dims):
-    """``_decoder_layer`` over merged weights: q/k/v in one product, gate/up in one, no adapter products."""
-    n_kv, groups, head_dim, eps = dims
-    ln1, qkv_w, qkv_b, o_w, ln2, gate_up_w, down_w = weights
-    batch = h.shape[0]
-    n_q, n_k = n_kv * groups * head_dim, n_kv * head_dim
-    x = _rms_norm(h, ln1, eps)
-    qkv = F.linear(x, qkv_w, qkv_b)
-    q = qkv[:, :n_q].reshape(batch, n_kv, groups, head_dim)
-    k = qkv[:, n_q : n_q + n_k].reshape(batch, n_kv, 1, head_dim)
-    v = qkv[:, n_q + n_k :].reshape(batch, n_kv, 1, head_dim)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    k_cache[:, :, slot] = k
-    v_cache[:, :, slot] = v
-    attn = _attend(q, k_cache, v_cache, key_mask)
-    h = h + F.linear(attn.reshape(batch, n_q), o_w)
-    x = _rms_norm(h, ln2, eps)
-    gate_up = F.linear(x, gate_up_w)
-    inter = gate_up.shape[-1] // 2
-    return h + F.linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], down_w)
-
-
-def select_tokens(logits: torch.Tensor, sp: SamplingParams, suppress: torch.Tensor | None):
-    """Choose one token per row from fp32 ``logits`` (B, V); return (tokens, log-prob under logits / T)."""
-    scaled = logits / sp.temperature
-    logp = torch.log_softmax(scaled, dim=-1)
-    if suppress is not None:
-        scaled = scaled.index_fill(1, suppress, float("-inf"))
-    if not sp.do_sample:
-        tokens = scaled.argmax(dim=-1)
-    else:
-        neg_inf = float("-inf")
-        if sp.top_k and sp.top_k < scaled.shape[-1]:
-            kth = torch.topk(scaled, sp.top_k, dim=-1).values[:, -1:]
-            scaled = scaled.masked_fill(scaled < kth, neg_inf)
-        if sp.top_p < 1.0:
-            sorted_logits, order = torch.sort(scaled, dim=-1)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            drop = cum <= 1 - sp.top_p
-            drop[:, -1] = False
-            scaled = scaled.scatter(1, order, sorted_logits.masked_fill(drop, neg_inf))
-        probs = scaled.softmax(dim=-1)
-        if sp.min_p:
-            probs = probs.masked_fill(probs < probs.amax(dim=-1, keepdim=True) * sp.min_p, 0.0)
-        # Gumbel-max in exponential form: argmax p / E, E ~ Exp(1); no host sync, graph-safe RNG
-        noise = torch.empty_like(probs).exponential_()
-        tokens = (probs / noise).argmax(dim=-1)
-    return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
-
-
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _linear_parts(module: nn.Module) -> tuple:
-    """(weight, bias, loras) of an ``nn.Linear`` or a PEFT LoRA ``Linear``; loras = ((A, B, scale), ...)."""
-    loras = []
-    base = module
-    if hasattr(module, "lora_A") and hasattr(module, "get_base_layer"):
-        base = module.get_base_layer()
-        if not module.disable_adapters and not module.merged:
-            for name in module.active_adapters:
-                if name not in module.lora_A:
-                    continue
-                if name in getattr(module, "lora_variant", {}) or module.lora_bias.get(name, False):
-                    raise NotImplementedError("the fast rollout engine supports plain LoRA adapters only")
-                loras.append(
-                    (
-                        module.lora_A[name].weight.detach(),
-                        module.lora_B[name].weight.detach(),
-                        float(module.scaling[name]),
-                    )
-                )
-    if not isinstance(base, nn.Linear):
-        raise TypeError(f"expected a Linear layer, got {type(base).__name__}")
-    bias = None if base.bias is None else base.bias.detach()
-    return base.weight.detach(), bias, tuple(loras)
-
-
-@dataclass
-class _Prompts:
-    """Left-padded prompts and their images as the processor returns them (Qwen2.5-VL: flat ``pixel_values`` +
-    ``image_grid_thw``; Idefics3: ``pixel_values`` (B, images, C, H, W) + ``pixel_attention_mask``)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    n_images: list[int]
-    pixel_values: torch.Tensor | None = None
-    image_grid_thw: torch.Tensor | None = None
-    mm_token_type_ids: torch.Tensor | None = None
-    pixel_attention_mask: torch.Tensor | None = None
-
-
-class _MergedLinear:
-    """Static buffer of the row-wise concatenation of Linear layers, each with its LoRA adapters merged in.
-
-    ``refresh()`` rewrites only the rows of layers whose base weight or adapter tensors changed (by their version
-    counters) since the last refresh, so frozen base weights are copied once and the adapters of a LoRA run are
-    re-merged at each ``generate``. The merge is done in fp32 (``W + sum scale * B @ A``) and rounded once.
-    """
-
-    def __init__(self, modules: list[nn.Module]):
-        parts = [_linear_parts(m) for m in modules]
-        weight0 = parts[0][0]
-        self.modules = modules
-        self.rows = []
-        lo = 0
-        for w, _, _ in parts:
-            if w.shape[1] != weight0.shape[1]:
-                raise ValueError("merged layers must share their input size")
-            self.rows.append(slice(lo, lo + w.shape[0]))
-            lo += w.shape[0]
-        self.weight = torch.empty(lo, weight0.shape[1], dtype=weight0.dtype, device=weight0.device)
-        has_bias = any(b is not None for _, b, _ in parts)
-        self.bias = torch.zeros(lo, dtype=weight0.dtype, device=weight0.device) if has_bias else None
-        self._versions: list = [None] * len(modules)
-
-    @staticmethod
-    def _version(parts) -> tuple:
-        w, b, loras = parts
-        tensors = [w] + ([] if b is None else [b]) + [t for a, bb, _ in loras for t in (a, bb)]
-        return tuple((t.data_ptr(), t._version) for t in tensors) + tuple(sc for _, _, sc in loras)
-
-    @torch.no_grad()
-    def refresh(self) -> int:
-        """Re-merge the layers that changed; return how many were rewritten."""
-        done = 0
-        for i, module in enumerate(self.modules):
-            parts = _linear_parts(module)
-            version = self._version(parts)
-            if version == self._versions[i]:
-                continue
-            w, b, loras = parts
-            rows = self.rows[i]
-            if loras:
-                merged = w.to(torch.float32, copy=True)
-                for lora_a, lora_b, scale in loras:
-                    merged.addmm_(lora_b.float(), lora_a.float(), alpha=scale)
-                self.weight[rows].copy_(merged)
-            else:
-                self.weight[rows].copy_(w)
-            if self.bias is not None:
-                if b is None:
-                    self.bias[rows].zero_()
-                else:
-                    self.bias[rows].copy_(b)
-            self._versions[i] = version
-            done += 1
-        return done
 
 
 def unwrap_hf_model(model: nn.Module) -> nn.Module:
@@ -353,10 +146,8 @@ class RolloutEngine:
         )
         if self.config.batched_vision_attention:
             install_batched_vision_attention(self.model, compile=self.config.compile)
-        self._merged = None
-        if self.config.merge_lora:
-            self._merged = self._build_merged()
-        layer_fn = _decoder_layer if self._merged is None else _decoder_layer_fused
+        self._decode_weights = DecodeWeights(self.model, self.lm, self.config.merge_lora)
+        layer_fn = decoder_layer if self._merged is None else decoder_layer_fused
         self._layer_fn = layer_fn
         if self.config.compile:
             self._layer_fn = torch.compile(layer_fn, fullgraph=True, dynamic=False)
@@ -368,102 +159,20 @@ class RolloutEngine:
         )
         self.last_timings: dict = {}
 
-    # ---------------------------------------------------------------- weights
+    # ---------------------------------------------------------------- weights (rollout.weights)
 
-    def _build_merged(self) -> list | None:
-        """Per layer: merged q/k/v, o, gate/up and down buffers; ``None`` (unmerged decode) where a layer has
-        a bias outside q/k/v (not a Qwen2 layout)."""
-        merged = []
-        for layer in self.lm.layers:
-            att, mlp = layer.self_attn, layer.mlp
-            rest = (att.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            if any(_linear_parts(m)[1] is not None for m in rest):
-                return None
-            merged.append(
-                (
-                    _MergedLinear([att.q_proj, att.k_proj, att.v_proj]),
-                    _MergedLinear([att.o_proj]),
-                    _MergedLinear([mlp.gate_proj, mlp.up_proj]),
-                    _MergedLinear([mlp.down_proj]),
-                )
-            )
-        return merged
+    @property
+    def _merged(self) -> list | None:
+        """The merged weight buffers per layer (``None``: the step reads the live tensors)."""
+        return self._decode_weights.merged
 
-    def _weights(self):
-        if self._merged is not None:
-            return self._merged_weights()
-        layers = []
-        for layer in self.lm.layers:
-            att, mlp = layer.self_attn, layer.mlp
-            layers.append(
-                (
-                    layer.input_layernorm.weight.detach(),
-                    _linear_parts(att.q_proj),
-                    _linear_parts(att.k_proj),
-                    _linear_parts(att.v_proj),
-                    _linear_parts(att.o_proj),
-                    layer.post_attention_layernorm.weight.detach(),
-                    _linear_parts(mlp.gate_proj),
-                    _linear_parts(mlp.up_proj),
-                    _linear_parts(mlp.down_proj),
-                )
-            )
-        head = _linear_parts(self.model.get_output_embeddings())
-        return {
-            "embed": self.lm.embed_tokens.weight.detach(),
-            "layers": layers,
-            "norm": self.lm.norm.weight.detach(),
-            "head": head,
-            "inv_freq": self.lm.rotary_emb.inv_freq,
-            "rope_scale": float(getattr(self.lm.rotary_emb, "attention_scaling", 1.0)),
-        }
+    @property
+    def last_merge_rewrites(self) -> int:
+        """How many merged Linear layers the last ``generate`` / ``teacher_force`` rewrote."""
+        return self._decode_weights.last_merge_rewrites
 
-    def _merged_weights(self):
-        layers = []
-        rewritten = 0
-        for layer, (qkv, o, gate_up, down) in zip(self.lm.layers, self._merged, strict=True):
-            for buf in (qkv, o, gate_up, down):
-                rewritten += buf.refresh()
-            layers.append(
-                (
-                    layer.input_layernorm.weight.detach(),
-                    qkv.weight,
-                    qkv.bias,
-                    o.weight,
-                    layer.post_attention_layernorm.weight.detach(),
-                    gate_up.weight,
-                    down.weight,
-                )
-            )
-        self.last_merge_rewrites = rewritten
-        return {
-            "embed": self.lm.embed_tokens.weight.detach(),
-            "layers": layers,
-            "norm": self.lm.norm.weight.detach(),
-            "head": _linear_parts(self.model.get_output_embeddings()),
-            "inv_freq": self.lm.rotary_emb.inv_freq,
-            "rope_scale": float(getattr(self.lm.rotary_emb, "attention_scaling", 1.0)),
-        }
-
-    @staticmethod
-    def _signature(weights) -> tuple:
-        out = []
-
-        def visit(obj):
-            if isinstance(obj, torch.Tensor):
-                out.append((obj.data_ptr(), tuple(obj.shape), obj.dtype))
-            elif isinstance(obj, (tuple, list)):
-                out.append(len(obj))
-                for item in obj:
-                    visit(item)
-            elif isinstance(obj, dict):
-                for key in sorted(obj):
-                    visit(obj[key])
-            else:
-                out.append(obj)
-
-        visit(weights)
-        return tuple(out)
+    def _weights(self) -> dict:
+        return self._decode_weights.packed()
 
     # ---------------------------------------------------------------- decode step
 
@@ -478,8 +187,8 @@ class RolloutEngine:
         key_mask = s.key_valid[:, None, None, :]
         for i, lw in enumerate(w["layers"]):
             h = self._layer_fn(h, cos, sin, s.k[i], s.v[i], s.slot, key_mask, lw, self.dims)
-        h = _rms_norm(h, w["norm"], self.dims[3])
-        logits = _linear(h, w["head"]).float()
+        h = rms_norm(h, w["norm"], self.dims[3])
+        logits = linear(h, w["head"]).float()
         if s.keep_logits:
             s.logits.copy_(logits)
         self._emit(s, logits, sp)
@@ -509,7 +218,7 @@ class RolloutEngine:
             )
             self._slots[key] = slot
         if self.config.cuda_graph:
-            sig = (self._signature(w), sp)
+            sig = (DecodeWeights.signature(w), sp)
             if slot.graph is None or slot.signature != sig:
                 self._capture(slot, w, sp)
                 slot.signature = sig
@@ -540,68 +249,12 @@ class RolloutEngine:
         if self.model_type != "qwen2_5_vl":
             return [0] * input_ids.shape[0]
         cfg = self.model.config
-        return self._images_per_row(
+        return images_per_row(
             input_ids, cfg.image_token_id, image_grid_thw, cfg.vision_config.spatial_merge_size
         )
 
-    @staticmethod
-    def _images_per_row(input_ids, image_token_id, image_grid_thw, merge) -> list[int]:
-        """How many images each row holds, from its image-token count and the per-image token counts."""
-        if image_grid_thw is None:
-            return [0] * input_ids.shape[0]
-        per_image = (image_grid_thw.prod(-1) // merge**2).tolist()
-        counts = (input_ids == image_token_id).sum(-1).tolist()
-        out, j = [], 0
-        for n in counts:
-            k = 0
-            while n > 0:
-                if j >= len(per_image):
-                    raise ValueError("more image tokens than image_grid_thw describes")
-                n -= per_image[j]
-                j += 1
-                k += 1
-            if n != 0:
-                raise ValueError("image tokens of a row do not match whole images")
-            out.append(k)
-        if j != len(per_image):
-            raise ValueError("image_grid_thw describes more images than the prompts hold")
-        return out
-
-    def _unique_rows(self, input_ids, attention_mask, pixel_values, image_grid_thw, n_images):
-        """Map each row to a representative row with the same prompt tokens and pixels."""
-        batch = input_ids.shape[0]
-        if not self.config.dedupe_prompts:
-            return list(range(batch)), list(range(batch))
-        img_start = [0, *torch.tensor(n_images).cumsum(0).tolist()]
-        patches = [0]
-        if image_grid_thw is not None:
-            patches += image_grid_thw.prod(-1).cumsum(0).tolist()
-        rows = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids, attention_mask, strict=True)]
-        reps: list[int] = []
-        mapping: list[int] = []
-        for b in range(batch):
-            found = None
-            for u, r in enumerate(reps):
-                if rows[r] != rows[b] or n_images[r] != n_images[b]:
-                    continue
-                if self.model_type == "idefics3" and pixel_values is not None:
-                    if not torch.equal(pixel_values[r], pixel_values[b]):
-                        continue
-                elif n_images[b]:
-                    pr = pixel_values[patches[img_start[r]] : patches[img_start[r + 1]]]
-                    pb = pixel_values[patches[img_start[b]] : patches[img_start[b + 1]]]
-                    if pr.shape != pb.shape or not torch.equal(pr, pb):
-                        continue
-                found = u
-                break
-            if found is None:
-                reps.append(b)
-                found = len(reps) - 1
-            mapping.append(found)
-        return reps, mapping
-
     @torch.no_grad()
-    def _prefill(self, rows, prompts: _Prompts):
+    def _prefill(self, rows, prompts: Prompts):
         """Run the full model on ``rows``; return (per-layer K, per-layer V, last logits, first decode positions)."""
         if self.model_type == "idefics3":
             return self._prefill_idefics3(rows, prompts)
@@ -642,7 +295,7 @@ class RolloutEngine:
             first_pos = torch.full_like(mask.sum(-1), ids.shape[1])
         return self._prefill_forward(ids, mask, position_ids, first_pos, kwargs)
 
-    def _prefill_idefics3(self, rows, prompts: _Prompts):
+    def _prefill_idefics3(self, rows, prompts: Prompts):
         """Idefics3: one ``pixel_values`` entry (B, images, C, H, W) per row; positions count the unpadded tokens
         (``attention_mask.cumsum - 1``, as ``generate`` gives them)."""
         pixel_values, pixel_attention_mask = prompts.pixel_values, prompts.pixel_attention_mask
@@ -716,7 +369,7 @@ class RolloutEngine:
                     if pixel_attention_mask is not None:
                         chunk["pixel_attention_mask"] = pixel_attention_mask[lo:hi]
                 run = self._generate_chunk if self.config.kv_cache else self._generate_uncached
-                prompts = _Prompts(input_ids[lo:hi], attention_mask[lo:hi], n_images[lo:hi], **chunk)
+                prompts = Prompts(input_ids[lo:hi], attention_mask[lo:hi], n_images[lo:hi], **chunk)
                 outs.append(run(prompts, max_new_tokens, sampling, timings))
         finally:
             self.model.train(was_training)
@@ -777,7 +430,7 @@ class RolloutEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            prompts = _Prompts(
+            prompts = Prompts(
                 input_ids,
                 attention_mask,
                 n_images,
@@ -812,7 +465,7 @@ class RolloutEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _generate_chunk(self, prompts: _Prompts, max_new, sp, timings) -> RolloutOutput:
+    def _generate_chunk(self, prompts: Prompts, max_new, sp, timings) -> RolloutOutput:
         """Prefill each distinct prompt once, then decode from the static KV cache (CUDA graph where captured)."""
         batch, plen = prompts.input_ids.shape
         bucket = self.config.length_bucket
@@ -826,12 +479,14 @@ class RolloutEngine:
 
         self._sync()
         t0 = time.perf_counter()
-        reps, mapping = self._unique_rows(
+        reps, mapping = unique_rows(
             prompts.input_ids,
             prompts.attention_mask,
             prompts.pixel_values,
             prompts.image_grid_thw,
             prompts.n_images,
+            dedupe=self.config.dedupe_prompts,
+            model_type=self.model_type,
         )
         keys, values, logits, first_pos = [], [], [], []
         step = self.config.prefill_batch
@@ -881,7 +536,7 @@ class RolloutEngine:
             logprobs=s.out_logprobs[:, :n].clone(),
         )
 
-    def _generate_uncached(self, prompts: _Prompts, max_new, sp, timings) -> RolloutOutput:
+    def _generate_uncached(self, prompts: Prompts, max_new, sp, timings) -> RolloutOutput:
         """``kv_cache: false``: every token from a forward of the whole sequence so far (the model's own forward,
         ``use_cache=False``), as ``generate(use_cache=False)`` computes it. Idefics3 only."""
         input_ids = prompts.input_ids
