@@ -31,3 +31,21 @@ def tiny_grpo_args(tmp_path, **overrides):
     )
     kw.update(overrides)
     return GRPOConfig(**kw)
+
+
+def tiling_idefics3_processor(tiny):
+    """A SmolVLM-like processor on ``tiny``'s tokenizer whose images are split into 112-px tiles (several per
+    image, unequal counts), as SmolVLM's 2048-px resize and 512-px split make them."""
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    from grpo_vqa.models.tiny import IDEFICS3_CHAT_TEMPLATE
+
+    base = Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 224}, max_image_size={"longest_edge": 112}
+    )
+    return Idefics3Processor(
+        image_processor=base,
+        tokenizer=tiny.tokenizer,
+        image_seq_len=tiny.image_seq_len,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )

@@ -229,20 +229,12 @@ def test_image_processor_cache_gives_the_processors_output(processor):
     """SmolVLM's processor with image splitting, through the sample cache: same ids, pixels, masks; repeated
     samples processed once, batches re-padded to their largest sample."""
     from PIL import Image
-    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+    from rollout_helpers import tiling_idefics3_processor
 
-    from grpo_vqa.models.tiny import IDEFICS3_CHAT_TEMPLATE
     from grpo_vqa.rollout.cache import Idefics3ImageProcessorCache
 
-    base = Idefics3ImageProcessorPil(
-        do_image_splitting=True, size={"longest_edge": 224}, max_image_size={"longest_edge": 112}
-    )
-    proc = Idefics3Processor(
-        image_processor=base,
-        tokenizer=processor.tokenizer,
-        image_seq_len=processor.image_seq_len,
-        chat_template=IDEFICS3_CHAT_TEMPLATE,
-    )
+    proc = tiling_idefics3_processor(processor)
+    base = proc.image_processor
     rng = np.random.default_rng(2)
     shapes = [(84, 112), (112, 56), (40, 40)]
     images = [Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)) for hw in shapes]

@@ -41,21 +41,11 @@ def checkpoint(tmp_path_factory):
 
 def _idefics3_processor(checkpoint):
     """SmolVLM-like processor with image splitting (several tiles per image, unequal counts)."""
-    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+    from rollout_helpers import tiling_idefics3_processor
 
     from grpo_vqa.models.loading import load_processor
-    from grpo_vqa.models.tiny import IDEFICS3_CHAT_TEMPLATE
 
-    tiny = load_processor(str(checkpoint))
-    base = Idefics3ImageProcessorPil(
-        do_image_splitting=True, size={"longest_edge": 224}, max_image_size={"longest_edge": 112}
-    )
-    proc = Idefics3Processor(
-        image_processor=base,
-        tokenizer=tiny.tokenizer,
-        image_seq_len=tiny.image_seq_len,
-        chat_template=IDEFICS3_CHAT_TEMPLATE,
-    )
+    proc = tiling_idefics3_processor(load_processor(str(checkpoint)))
     proc.tokenizer.padding_side = "left"
     return proc
 
