@@ -65,6 +65,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_atomic_write_removes_a_killed_writers_temp_file(tmp_path):
+    # what a writer killed between mkstemp and the rename leaves behind (tests/test_reliability_faults.py once
+    # found one beside a rerun's outputs); another file's temp file is not touched
+    (tmp_path / ".a.json.k1ll3d.tmp").write_text('{"x": ')
+    (tmp_path / ".b.json.other.tmp").write_text("{")
+    atomic_write_json(tmp_path / "a.json", {"x": 2})
+    assert read_json(tmp_path / "a.json") == {"x": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.json.other.tmp", "a.json"]
+
+
 def _record(correct, fmt=True, relation="left of", answer="True"):
     return {
         "correct": correct,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -10,7 +11,10 @@ from pathlib import Path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A writer killed by SIGKILL cannot remove its temp file; the next write of the same ``path`` (a rerun of
+    the job: one job writes each file) removes such leftovers once its own file is in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +27,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 
