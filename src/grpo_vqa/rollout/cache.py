@@ -68,7 +68,7 @@ class ImageProcessorCache(_ProcessorProxy):
 
         kwargs, opts = self._call_options(kwargs)
         flat = make_flat_list_of_images(images)
-        keys = [(_image_key(img), opts) for img in flat]
+        keys = self._keys(flat, opts)
         todo = {}
         for img, key in zip(flat, keys, strict=True):
             if self._stored(key) is None and key not in todo:
