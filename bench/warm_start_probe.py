@@ -29,15 +29,15 @@ def probe(model_dir: str | Path, n_items: int, threads: int = 1) -> dict:
     """Exact-listing accuracy of a model on ``n_items`` fresh relation scenes, overall and per direction."""
     import torch
 
-    from grpo_vqa.data.pretrain import make_pretrain_items
+    from grpo_vqa.data.pretrain import default_warm_start, make_pretrain_items, scene_mix
     from grpo_vqa.evaluation.generate import generate_batch, strip_special
     from grpo_vqa.models.loading import load_model, load_processor
 
     torch.set_num_threads(threads)
     model, processor = load_model(str(model_dir)), load_processor(str(model_dir))
-    pool = make_pretrain_items(
-        4 * n_items, PROBE_SEED, relation_share=1.0, proximity_share=0.0, textured_share=0.0, layout="apart"
-    )
+    pretrain, size = default_warm_start()  # the schema's scene mix, as relation listings on plain backgrounds
+    only_listings = {"relation_share": 1.0, "proximity_share": 0.0, "textured_share": 0.0, "layout": "apart"}
+    pool = make_pretrain_items(4 * n_items, PROBE_SEED, size=size, **scene_mix(pretrain) | only_listings)
     items = [it for it in pool if it["problem"].startswith("Name")][:n_items]
     right, total = Counter(), Counter()
     for start in range(0, len(items), 32):

@@ -7,9 +7,10 @@ import copy
 
 import pytest
 import yaml
-from config_helpers import REPO
+from config_helpers import REAL_FIXTURES, REPO, loader_cfg
 
 from grpo_vqa.config import (
+    ConfigError,
     deep_merge,
     entry_defaults,
     fill_defaults,
@@ -17,9 +18,45 @@ from grpo_vqa.config import (
     tiny_spec_defaults,
     validate_config,
 )
+from grpo_vqa.data.real import LOADERS, DataQuality, load_items
 from grpo_vqa.models.tiny import DEFAULT_SPEC, resolve_spec
 
 SPLITS = {"train": 4}
+#: The warm start's scene mix: make_pretrain_items's arguments before the schema held them (unchanged).
+PRETRAIN_SCENE_DEFAULTS = {
+    "layout": "free",
+    "relation_share": 0.8,
+    "proximity_share": 0.2,
+    "textured_share": 0.2,
+    "tied_colors": True,
+    "radius": [14, 22],
+    "max_count": 5,
+    "single_share": 0.0,
+}
+#: The settings of every loader's real: block, and each loader's own (the loaders' former fallbacks).
+REAL_COMMON_DEFAULTS = {
+    "hub_id": None,
+    "local_dir": None,
+    "cache_dir": None,
+    "max_skipped_fraction": 0.05,
+    "ids": None,
+}
+REAL_LOADER_DEFAULTS = {
+    "vsr": {
+        "data_files": {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"},
+        "images_dir": None,
+    },
+    "rel3d": {"images_dir": None, "split_file": "c_0.9_c_0.1"},
+    "spatialsense": {"images_dir": None},
+    "drivingvqa": {
+        "images_subdir": "images",
+        "single_question_only": True,
+        "max_pixels": 3_686_400,
+        "reasoning": "interleaved",
+    },
+    "aokvqa": {"rationales": "first", "coco_split": None, "coco_dir": None, "version": "v1p0"},
+    "mm_open_r1": {},
+}
 
 
 def _embedded() -> dict:
@@ -83,7 +120,7 @@ def test_tiny_models_get_full_spec_and_pretrain_pretrained_get_neither():
     fill_defaults(filled)
     bare = filled["models"]["bare"]
     assert bare["tiny"] == DEFAULT_SPEC and resolve_spec(bare["tiny"]) == DEFAULT_SPEC
-    assert bare["pretrain"] == {"steps": 0}
+    assert bare["pretrain"] == {"steps": 0} | PRETRAIN_SCENE_DEFAULTS
     assert "tiny" not in filled["models"]["hub"] and "pretrain" not in filled["models"]["hub"]
     # config.yaml writes only the sizes that differ from the defaults; the build sees the same spec as before
     qwen = filled["models"]["qwen"]["tiny"]
@@ -121,3 +158,136 @@ def test_tables_read_the_filled_defaults():
     cfg = validate_config(deep_merge(_embedded(), overlay))
     assert train_max_count(cfg, "c") == 5
     assert bias_level(cfg, "r") == 0.5
+
+
+def test_config_yaml_pretrain_keys_differ_from_the_defaults():
+    props = load_schema()["$defs"]["model"]["properties"]["pretrain"]["properties"]
+    for name, model in _embedded()["models"].items():
+        same = {k for k, v in (model.get("pretrain") or {}).items() if props[k].get("default", object()) == v}
+        assert not same, (
+            f"config/config.yaml models.{name}.pretrain repeats the schema's default of {sorted(same)}"
+        )
+
+
+def test_make_pretrain_items_takes_the_scene_mix_without_defaults():
+    import inspect
+
+    from grpo_vqa.data.pretrain import SCENE_KEYS, default_warm_start, make_pretrain_items, scene_mix
+
+    params = inspect.signature(make_pretrain_items).parameters
+    assert {k for k, p in params.items() if p.default is not inspect.Parameter.empty} == {"with_images"}
+    assert set(SCENE_KEYS) | {"size"} <= set(params)
+    pretrain, size = default_warm_start()
+    assert size == DEFAULT_SPEC["image_size"] == 112
+    assert {k: pretrain[k] for k in SCENE_KEYS} == PRETRAIN_SCENE_DEFAULTS
+    assert scene_mix(pretrain) == PRETRAIN_SCENE_DEFAULTS | {"radius": (14, 22)}
+    with pytest.raises(KeyError, match="single_share"):
+        scene_mix({k: v for k, v in pretrain.items() if k != "single_share"})
+    # config.yaml's tiny models: their own mix, the rest from the schema
+    qwen = validate_config(_embedded())["models"]["qwen"]["pretrain"]
+    assert scene_mix(qwen) == scene_mix(pretrain) | {
+        "layout": "apart",
+        "relation_share": 0.85,
+        "proximity_share": 0.0,
+        "textured_share": 0.1,
+    }
+
+
+def test_schema_loaders_are_the_loaders():
+    schema = load_schema()
+    assert set(schema["$defs"]["dataset"]["properties"]["loader"]["enum"]) == set(LOADERS)
+    assert {k.removeprefix("real_") for k in schema["$defs"] if k.startswith("real_")} == set(LOADERS)
+
+
+def _real_entry(loader: str, **real) -> dict:
+    return {
+        "kind": "grounding",
+        "source": "hub",
+        "loader": loader,
+        "splits": SPLITS,
+        "real": {"splits": {}} | real,
+    }
+
+
+@pytest.mark.parametrize("loader", sorted(REAL_LOADER_DEFAULTS))
+def test_real_defaults_by_loader_only_for_that_loader(loader):
+    filled = entry_defaults("datasets", _real_entry(loader))
+    assert filled["real"] == {"splits": {}} | REAL_COMMON_DEFAULTS | REAL_LOADER_DEFAULTS[loader]
+    assert filled["bias_keep_ratio"] is None
+    given = entry_defaults("datasets", _real_entry(loader, max_skipped_fraction=0.5))["real"]
+    assert given["max_skipped_fraction"] == 0.5  # a default never overrides
+    # validate_config fills the same, and refuses another loader's key
+    cfg = deep_merge(_embedded(), {"datasets": {"real": _real_entry(loader, splits={"train": "train"})}})
+    assert validate_config(cfg)["datasets"]["real"]["real"] == {"splits": {"train": "train"}} | (
+        REAL_COMMON_DEFAULTS | REAL_LOADER_DEFAULTS[loader]
+    )
+    other = "rationales" if loader != "aokvqa" else "images_subdir"
+    bad = deep_merge(
+        _embedded(), {"datasets": {"real": _real_entry(loader, splits={"train": "t"}, **{other: "x"})}}
+    )
+    with pytest.raises(ConfigError, match=rf"^config key datasets\.real\.real\.{other}: unknown key"):
+        validate_config(bad)
+
+
+def test_no_real_block_without_a_loader():
+    filled = entry_defaults("datasets", {"kind": "relation", "source": "synthetic", "splits": SPLITS})
+    assert "real" not in filled and "bias_keep_ratio" not in filled
+
+
+def test_config_yaml_real_data_reads_the_same_settings():
+    """config/paper.yaml's real sets: the schema fills what the loaders' own fallbacks gave before."""
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    for name, entry in paper["datasets"].items():
+        if "loader" not in entry:
+            continue
+        filled = entry_defaults("datasets", entry)["real"]
+        expected = REAL_COMMON_DEFAULTS | REAL_LOADER_DEFAULTS[entry["loader"]] | entry["real"]
+        assert filled == expected, name
+
+
+class _NoFallback(dict):
+    """A loader cfg that refuses ``.get`` (a fallback) and records the keys read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        raise AssertionError(f"loader cfg read with a fallback: .get({key!r})")
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_loaders_read_their_settings_without_fallbacks(loader, tmp_path):
+    """Each loader, on its fixture, reads its settings as cfg[key]: the filled cfg loads; without any one
+    of the keys it read, it raises KeyError (no hidden default in the loader)."""
+    cfg = loader_cfg(loader, cache_dir=str(tmp_path / "cache"))
+    strict = _NoFallback(cfg)
+    items = load_items(loader, strict, "train", tmp_path / "img", 0, quality=DataQuality())
+    assert items
+    knobs = set(REAL_COMMON_DEFAULTS) | set(REAL_LOADER_DEFAULTS[loader])
+    assert {
+        "splits",
+        "source",
+        "limit",
+        "ids",
+        "bias",
+        "bias_keep_ratio",
+        "max_skipped_fraction",
+    } <= strict.read
+    assert strict.read <= knobs | {"splits", "source", "limit", "bias", "bias_keep_ratio"}
+    for key in sorted(strict.read):
+        missing = {k: v for k, v in cfg.items() if k != key}
+        with pytest.raises(KeyError, match=key):
+            load_items(loader, missing, "train", tmp_path / "img", 0, quality=DataQuality())
+
+
+def test_loader_sources_have_no_fallback_reads():
+    """Hub paths too (the fixtures exercise the local ones): no ``cfg.get(`` in the loaders."""
+    for path in sorted((REPO / "src" / "grpo_vqa" / "data" / "real").glob("*.py")):
+        text = path.read_text()
+        assert "cfg.get(" not in text and 'real"].get(' not in text, path.name
+    assert REAL_FIXTURES.is_dir()

@@ -11,30 +11,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import pytest  # noqa: E402
+from config_helpers import REAL_FIXTURES as FIX  # noqa: E402
+from config_helpers import loader_cfg as cfg_for  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from grpo_vqa.data.images import DataError  # noqa: E402
 from grpo_vqa.data.real import LOADERS, load_items  # noqa: E402
 from grpo_vqa.data.real import common as real_common  # noqa: E402
-from grpo_vqa.data.real.drivingvqa import DEFAULT_MAX_PIXELS, reasoning_with_boxes  # noqa: E402
+from grpo_vqa.data.real.drivingvqa import reasoning_with_boxes  # noqa: E402
 from grpo_vqa.data.real.vsr import subj_obj_from_caption  # noqa: E402
 from grpo_vqa.data.schema import REQUIRED_COLUMNS, TASKS  # noqa: E402
-
-FIX = Path(__file__).parent / "fixtures" / "real"
-SPLITS3 = {"train": "train", "val": "valid", "test": "test"}
-
-
-def cfg_for(name: str, root: Path | None = None, **extra) -> dict:
-    root = root or FIX / name
-    base = {
-        "vsr": {"splits": {"train": "train", "val": "dev", "test": "test"}},
-        "rel3d": {"splits": SPLITS3},
-        "spatialsense": {"splits": SPLITS3},
-        "drivingvqa": {"splits": {"train": "train", "test": "test"}},
-        "aokvqa": {"splits": {"train": "train", "val": "val", "test": "val"}},
-        "mm_open_r1": {"splits": {"train": "train[:4]", "test": "train[4:]"}},
-    }[name]
-    return {"source": "local", "local_dir": str(root), "limit": None, **base, **extra}
 
 
 def copy_fixture(name: str, tmp_path: Path) -> Path:
@@ -362,7 +348,7 @@ def test_drivingvqa_items_boxes_reasoning_and_filters(tmp_path):
     assert items["drivingvqa-3414"]["solution"] == "A, B"  # several correct letters, sorted
     assert items["drivingvqa-1003"]["image_path"].endswith("images/1003.jpg")  # first of two images
     assert items["drivingvqa-1003"]["reasoning"] == "Pedestrian crossing."  # no interleaved text
-    assert DEFAULT_MAX_PIXELS == 3_686_400
+    assert cfg_for("drivingvqa")["max_pixels"] == 3_686_400  # the schema's default: the study's filter
     small = load_items("drivingvqa", cfg_for("drivingvqa", max_pixels=1000), "train", tmp_path, 0)
     assert "drivingvqa-1002" not in {i["id"] for i in small} and len(small) == 3  # 64x36 image dropped
     both = load_items("drivingvqa", cfg_for("drivingvqa", single_question_only=False), "train", tmp_path, 0)

@@ -248,12 +248,13 @@ def test_non_utf8_json_file_stops_naming_the_file(tmp_path, record_property):
 
 def test_direct_loader_call_stays_strict(tmp_path):
     """Outside a build (no data-quality record) a bad row still raises, naming it."""
-    from grpo_vqa.data.real import load_items
+    from grpo_vqa.config import entry_defaults
+    from grpo_vqa.data.real import load_items, loader_config
 
     write_vsr(
         tmp_path / "src", [row(0), row(1, caption="")], {f"{i:012d}.png": good_png(i) for i in range(2)}
     )
-    real = cfg_for(tmp_path / "src")["real"] | {"source": "local"}
+    real = loader_config(entry_defaults("datasets", cfg_for(tmp_path / "src")), "train", None)
     with pytest.raises(DataError, match=r"^vsr train\.jsonl row 2: empty column\(s\) caption$"):
         load_items("vsr", real, "train", tmp_path / "img", 0)
 

@@ -30,6 +30,12 @@ def _schema_error_line(err) -> str:
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         keys = ", ".join(_key_path([*where, k]) for k in extra)
         return f"config key {keys}: unknown key"
+    if err.validator == "unevaluatedProperties":  # a key of another loader under datasets.<name>.real
+        listed = re.search(r"\((.*) (?:was|were) unexpected\)", err.message)
+        extra = re.findall(r"'([^']+)'", listed.group(1)) if listed else []
+        if extra:
+            keys = ", ".join(_key_path([*where, k]) for k in extra)
+            return f"config key {keys}: unknown key (not a setting of this dataset's loader)"
     if err.validator == "required":
         missing = re.fullmatch(r"'(.+)' is a required property", err.message)
         if missing and where and where[0] in TRAINING_SECTIONS:

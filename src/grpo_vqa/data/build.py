@@ -19,7 +19,7 @@ from ..io import atomic_write_json
 from ..progress import progress
 from . import tasks
 from .images import DataError
-from .real import DataQuality, load_items
+from .real import DataQuality, load_items, loader_config
 from .relations import make_relation_items
 from .scenes import Scene, render
 
@@ -113,14 +113,8 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
                 "skipped_examples": [],
             }
         elif source in ("hub", "local"):
-            real_cfg = dict(cfg["real"]) | {"source": source, "limit": n}
-            # bias: a biased subset of the real relation items (the test split stays as drawn)
-            if cfg.get("bias") is not None and cfg["bias"] != 0.5 and split != "test":
-                real_cfg["bias"] = cfg["bias"]
-            # bias_keep_ratio: per relation, only this share of the minority label's items (train only)
-            if cfg.get("bias_keep_ratio") is not None and split == "train":
-                real_cfg["bias_keep_ratio"] = cfg["bias_keep_ratio"]
-            real_cfg["ids"] = (cfg["real"].get("ids") or {}).get(split)
+            # the real: block and this split's draw (limit, saved ids, bias, bias_keep_ratio): loader_config
+            real_cfg = loader_config(cfg, split, n)
             dq = DataQuality()
             items = load_items(cfg["loader"], real_cfg, split, image_dir, s_seed, quality=dq)
             quality = dq.as_dict()

@@ -17,25 +17,54 @@ from .relations import AXIS, DIRECTIONAL, PROXIMITY, listing, proximity_text, sa
 from .scenes import COUNT_COLORS, PALETTES, SHAPES, Scene, SceneObject, render
 from .tasks import counting_scene, describe_counts
 
+#: The scene mix: the keys of ``models.<name>.pretrain`` that :func:`make_pretrain_items` takes (the schema
+#: holds each one's default; ``size`` is the model's ``tiny.image_size``).
+SCENE_KEYS = (
+    "max_count",
+    "relation_share",
+    "proximity_share",
+    "textured_share",
+    "tied_colors",
+    "radius",
+    "layout",
+    "single_share",
+)
+
+
+def scene_mix(pretrain: dict) -> dict:
+    """:func:`make_pretrain_items`'s scene settings from a filled ``models.<name>.pretrain`` block."""
+    mix = {key: pretrain[key] for key in SCENE_KEYS}
+    mix["radius"] = tuple(mix["radius"])
+    return mix
+
+
+def default_warm_start() -> tuple[dict, int]:
+    """The schema's ``pretrain`` block and image side of a tiny model (``models.<name>`` defaults)."""
+    model = entry_defaults("models", {"source": "tiny"})
+    return model["pretrain"], model["tiny"]["image_size"]
+
 
 def make_pretrain_items(
     n: int,
     seed: int,
-    size: int = 112,
-    max_count: int = 5,
+    *,
+    size: int,
+    max_count: int,
+    relation_share: float,
+    proximity_share: float,
+    textured_share: float,
+    tied_colors: bool,
+    radius: tuple[int, int],
+    layout: str,
+    single_share: float,
     with_images: bool = True,
-    relation_share: float = 0.8,
-    proximity_share: float = 0.2,
-    textured_share: float = 0.2,
-    tied_colors: bool = True,
-    radius: tuple[int, int] = (14, 22),
-    layout: str = "free",
-    single_share: float = 0.0,
 ) -> list[dict]:
     """``n`` (image, prompt, description) items: relation descriptions (``relation_share``) and shape counts.
 
-    ``tied_colors`` draws relation scenes with one colour per shape (the tutorial's), as the embedded
-    relation datasets do; ``radius`` is the objects' size range in pixels.
+    Every scene setting is the caller's (``models.<name>.pretrain``: :func:`scene_mix`; the schema holds each
+    one's default and its meaning). ``tied_colors`` draws relation scenes with one colour per shape (the
+    tutorial's), as the embedded relation datasets do; ``radius`` is the objects' size range in pixels.
+    ``with_images=False`` gives the texts only (the tokenizer corpus).
     """
     rng = random.Random(seed)
     colors = list(PALETTES["flat"])
@@ -99,7 +128,8 @@ CORPUS_KINDS = {
 def tokenizer_corpus(seed: int, system_prompt: str | None = None, n_per_kind: int = 300) -> list[str]:
     """Every kind of text the embedded default's models read or write, for training their tokenizer."""
     texts: list[str] = []
-    for item in make_pretrain_items(400, seed, with_images=False):
+    pretrain, size = default_warm_start()  # the corpus does not depend on a model's own scene mix
+    for item in make_pretrain_items(400, seed, size=size, with_images=False, **scene_mix(pretrain)):
         texts += [item["problem"], item["text"]]
     for kind, variants in CORPUS_KINDS.items():
         for k, cfg in enumerate(variants):

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.pretrain import make_pretrain_items
+from ..data.pretrain import make_pretrain_items, scene_mix
 from ..data.schema import prompt_messages
 from .common import TrainJob
 from .sft import run_sft
-
-#: Optional keys of ``models.<name>.pretrain`` passed to :func:`grpo_vqa.data.pretrain.make_pretrain_items`.
-ITEM_KEYS = ("layout", "relation_share", "proximity_share", "textured_share")
 
 
 def pretrain_rows(n: int, seed: int, size: int, **item_kwargs):
@@ -31,7 +28,9 @@ def pretrain_rows(n: int, seed: int, size: int, **item_kwargs):
 def warm_start(
     model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path, cfg: dict, seed: int, size: int
 ):
-    """Pretrain ``model_dir`` for ``cfg['steps']`` steps and save the full model to ``out_dir``."""
+    """Pretrain ``model_dir`` for ``cfg['steps']`` steps and save the full model to ``out_dir``.
+
+    ``cfg`` is a filled ``models.<name>.pretrain`` block (the scene mix included: the schema's defaults)."""
     # a complete training section in TRL's names (as sft_args reads one): the warm start's fixed recipe
     train_cfg = {
         "max_steps": int(cfg["steps"]),
@@ -45,5 +44,5 @@ def warm_start(
         "fp16": False,
         "gradient_checkpointing": False,
     }
-    rows = pretrain_rows(int(cfg["n_images"]), seed, size, **{k: cfg[k] for k in ITEM_KEYS if k in cfg})
+    rows = pretrain_rows(int(cfg["n_images"]), seed, size, **scene_mix(cfg))
     return run_sft(TrainJob(model_dir, rows, out_dir, ckpt_dir, train_cfg, seed), use_lora=False)

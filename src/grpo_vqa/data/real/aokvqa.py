@@ -3,8 +3,8 @@
 Local format (official README / ``load_aokvqa``): ``<local_dir>/aokvqa_v1p0_<split>.json`` is a list of
 questions with ``question_id``, ``image_id`` (COCO 2017 id), ``question``, ``choices`` (4 strings),
 ``correct_choice_idx``, ``direct_answers``, ``difficult_direct_answer`` and ``rationales`` (3 strings).
-Images: ``<coco_dir>/<coco_split>2017/<image_id:012d>.jpg`` (``coco_dir`` default ``<local_dir>/coco``;
-``coco_split`` is the A-OKVQA split name: train/val/test). The official test split has no answers; map our
+Images: ``<coco_dir>/<coco_split>2017/<image_id:012d>.jpg`` (``coco_dir`` null: ``<local_dir>/coco``;
+``coco_split`` null: the A-OKVQA split name, train/val/test, see :func:`coco_split`). The official test split has no answers; map our
 ``test`` to ``val``.
 
 Hub: rows of ``datasets.load_dataset(hub_id, split=...)``; an embedded ``image`` is written to
@@ -42,7 +42,7 @@ COLUMNS = ("question_id", "question", "choices")
 COCO_URL = "http://images.cocodataset.org/{split}2017/{image_id:012d}.jpg"
 
 
-def format_row(row: dict, where: str, rationales: str = "first") -> dict:
+def format_row(row: dict, where: str, rationales: str) -> dict:
     """One A-OKVQA question as a grounding item (without ``image_path``)."""
     require(row, COLUMNS, where)
     choices = row["choices"]
@@ -74,13 +74,21 @@ def _image_id(row: dict, where: str) -> int:
     return value
 
 
+def coco_split(cfg: dict, split_name: str) -> str:
+    """The COCO 2017 split holding the images of the dataset's split ``split_name``: ``cfg["coco_split"]``, or
+    when that is null (its default) the split's own name with the hub's ``validation`` read as ``val``."""
+    if cfg["coco_split"] is not None:
+        return cfg["coco_split"]
+    return {"validation": "val"}.get(split_name, split_name)
+
+
 def load(cfg: dict, split: str) -> list[Pending]:
     source = source_of(NAME, cfg)
     name = dataset_split(NAME, cfg, split)
-    rationales = cfg.get("rationales", "first")
+    rationales = cfg["rationales"]
     if rationales not in ("first", "all"):
         raise DataError(f"{NAME} config: rationales {rationales!r} not in {{first, all}}")
-    coco_split = cfg.get("coco_split", {"validation": "val"}.get(name, name))
+    images_split = coco_split(cfg, name)
     out = []
     if source == "hub":
         for i, row in enumerate(load_hub_split(NAME, cfg, name)):
@@ -95,7 +103,7 @@ def load(cfg: dict, split: str) -> list[Pending]:
 
             else:
                 iid = _image_id(row, where)
-                url = COCO_URL.format(split=coco_split, image_id=iid)
+                url = COCO_URL.format(split=images_split, image_id=iid)
 
                 def resolve(d: Path, u=url, f=f"{iid:012d}.jpg", w=where) -> Path:
                     return download_once(u, d / f, w)
@@ -103,8 +111,8 @@ def load(cfg: dict, split: str) -> list[Pending]:
             out.append(Pending(item, where, resolve))
         return out
     root = local_dir(NAME, cfg)
-    coco = Path(cfg.get("coco_dir") or root / "coco")
-    path = root / f"aokvqa_{cfg.get('version', 'v1p0')}_{name}.json"
+    coco = Path(cfg["coco_dir"] or root / "coco")  # null: <local_dir>/coco
+    path = root / f"aokvqa_{cfg['version']}_{name}.json"
     data = read_json(path, NAME)
     if not isinstance(data, list):
         raise DataError(f"{NAME} {path.name}: expected a list of questions")
@@ -115,6 +123,6 @@ def load(cfg: dict, split: str) -> list[Pending]:
         item = guarded(format_row, row, where, rationales)
         if item is SKIPPED:
             continue
-        image = coco / f"{coco_split}2017" / f"{_image_id(row, where):012d}.jpg"
+        image = coco / f"{images_split}2017" / f"{_image_id(row, where):012d}.jpg"
         out.append(Pending(item, where, existing_file(image)))
     return out

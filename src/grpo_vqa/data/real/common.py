@@ -1,7 +1,10 @@
 """Shared plumbing for the real-dataset loaders: config checks, hub access, images, subsetting.
 
 A loader turns one split of a dataset into :class:`Pending` items (schema columns plus a deferred image
-resolver). :func:`finalize` then checks ids, draws the seeded ``limit`` subset and only then fetches or
+resolver). Its ``cfg`` is :func:`grpo_vqa.data.real.loader_config`'s: the dataset's ``real:`` block with the
+schema's defaults filled in (``$defs.real`` and ``real_<loader>`` in workflow/schemas/config.schema.yaml, every
+setting's one default) and the build's per-split ``source``, ``limit``, ``ids``, ``bias`` and
+``bias_keep_ratio``; the loaders read it without fallbacks. :func:`finalize` then checks ids, draws the seeded ``limit`` subset and only then fetches or
 writes images, so a 1,000-item subset of a hub dataset downloads 1,000 images, not all of them.
 """
 
@@ -28,8 +31,6 @@ from grpo_vqa.data.schema import vsr_solution
 
 SOURCES = ("hub", "local")
 _DOWNLOAD_TIMEOUT_S = 60
-#: A build stops when more than this share of a split's rows is skipped (``real.max_skipped_fraction``).
-DEFAULT_MAX_SKIPPED_FRACTION = 0.05
 _EXAMPLES = 20
 
 
@@ -106,7 +107,7 @@ class Pending:
 
 def source_of(name: str, cfg: dict, hub_ok: bool = True) -> str:
     """The validated ``source`` of a dataset config."""
-    source = cfg.get("source")
+    source = cfg["source"]
     if source not in SOURCES:
         raise DataError(f"{name} config: source {source!r} not in {{hub, local}}")
     if source == "hub" and not hub_ok:
@@ -116,7 +117,7 @@ def source_of(name: str, cfg: dict, hub_ok: bool = True) -> str:
 
 def dataset_split(name: str, cfg: dict, split: str) -> str:
     """The dataset's own split name for our ``split`` (``cfg["splits"]`` maps train/val/test to it)."""
-    splits = cfg.get("splits") or {}
+    splits = cfg["splits"]
     if split not in splits:
         raise DataError(f"{name} config: split {split!r} not in splits {sorted(splits)}")
     return str(splits[split])
@@ -124,7 +125,7 @@ def dataset_split(name: str, cfg: dict, split: str) -> str:
 
 def local_dir(name: str, cfg: dict) -> Path:
     """The existing ``local_dir`` of a ``source: local`` config."""
-    if not cfg.get("local_dir"):
+    if not cfg["local_dir"]:
         raise DataError(f"{name} config: source local needs local_dir")
     root = Path(cfg["local_dir"])
     if not root.is_dir():
@@ -133,7 +134,7 @@ def local_dir(name: str, cfg: dict) -> Path:
 
 
 def hub_id(name: str, cfg: dict) -> str:
-    if not cfg.get("hub_id"):
+    if not cfg["hub_id"]:
         raise DataError(f"{name} config: source hub needs hub_id")
     return str(cfg["hub_id"])
 
@@ -148,7 +149,7 @@ def load_hub_split(name: str, cfg: dict, split_spec: str, **kwargs: Any):
     import datasets
 
     repo = hub_id(name, cfg)
-    if cfg.get("cache_dir"):
+    if cfg["cache_dir"]:
         kwargs["cache_dir"] = str(cfg["cache_dir"])
     try:
         return datasets.load_dataset(repo, split=split_spec, **kwargs)
@@ -324,7 +325,7 @@ def existing_file(path: Path) -> Callable[[Path], Path]:
 
 
 def check_limit(name: str, cfg: dict) -> int | None:
-    limit = cfg.get("limit")
+    limit = cfg["limit"]
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -414,14 +415,14 @@ def finalize(name: str, pending: list[Pending], cfg: dict, image_dir: Path, seed
     image_dir = Path(image_dir)
     items = []
     pool = list(range(len(pending)))
-    if cfg.get("ids"):
+    if cfg["ids"]:
         pool = ids_subset(name, pending, cfg["ids"])
-    elif cfg.get("bias_keep_ratio") is not None:
+    elif cfg["bias_keep_ratio"] is not None:
         pool = minority_undersampled(name, pending, float(cfg["bias_keep_ratio"]), seed)
     selected = [pool[i] for i in seeded_subset(len(pool), check_limit(name, cfg), seed)]
-    if cfg.get("ids"):
+    if cfg["ids"]:
         selected = pool
-    if cfg.get("bias") is not None:
+    if cfg["bias"] is not None:
         selected = biased_subset(name, pending, cfg, seed)
     quality = _QUALITY.get()
     if quality is not None:

@@ -5,12 +5,12 @@ mapping a sample id to a sample with ``img_filename``, ``img_size``, ``questions
 two when ``has_multiple_questions``), ``possible_answers`` (``{"A": text, ...}``), ``true_answers`` (list of
 letters; several may be correct), ``explanation``, ``interleaved_explanation`` (entities written as
 ``**name** [x, y, w, h]``), ``relevant_entities`` (``[{name: [x, y, w, h]}]``, COCO-style pixel boxes) and
-``exam_type``. Images are ``<local_dir>/<images_subdir>/<img_filename>`` (default subdir ``images``).
+``exam_type``. Images are ``<local_dir>/<images_subdir>/<img_filename>``.
 
 Items: ``solution`` is the sorted correct letters joined by ``", "`` (``"A"`` or ``"A, C"``); ``boxes`` are the
 entity boxes as ``[x1, y1, x2, y2]``; ``reasoning`` is the interleaved explanation with each entity written
-``x1,y1,x2,y2 name`` (the study's form). Filters (the study's): ``single_question_only`` (default true) and
-``max_pixels`` (default 3,686,400; null disables), applied before the ``limit`` subset.
+``x1,y1,x2,y2 name`` (the study's form). Filters (the study's): ``single_question_only`` and ``max_pixels``
+(null disables), applied before the ``limit`` subset. Each setting's default: ``real_drivingvqa`` in the schema.
 
 Unconfirmed: (1) the hub release stores a dict-keyed JSON that ``datasets.load_dataset`` cannot turn into
 rows, so ``source: hub`` fetches the repository with ``huggingface_hub.snapshot_download`` and reads it like
@@ -44,7 +44,6 @@ from grpo_vqa.data.real.common import (
 
 NAME = "drivingvqa"
 COLUMNS = ("img_filename", "questions", "possible_answers", "true_answers")
-DEFAULT_MAX_PIXELS = 3_686_400
 _ENTITY = re.compile(r"\*\*(.+?)\*\*\s*\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\]")
 
 
@@ -77,7 +76,7 @@ def first_image(value: object, where: str) -> str:
     return value
 
 
-def format_sample(key: str, sample: dict, where: str, reasoning: str = "interleaved") -> dict:
+def format_sample(key: str, sample: dict, where: str, reasoning: str) -> dict:
     """One DrivingVQA sample as a grounding item (without ``image_path``)."""
     require(sample, COLUMNS, where)
     answers = sample["possible_answers"]
@@ -128,14 +127,14 @@ def _root(cfg: dict, split_name: str) -> Path:
 def load(cfg: dict, split: str) -> list[Pending]:
     name = dataset_split(NAME, cfg, split)
     root = _root(cfg, name)
-    images = root / cfg.get("images_subdir", "images")
+    images = root / cfg["images_subdir"]
     path = root / f"{name}.json"
     data = read_json(path, NAME)
     if not isinstance(data, dict):
         raise DataError(f"{NAME} {path.name}: expected an object mapping sample ids to samples")
-    single_only = cfg.get("single_question_only", True)
-    max_pixels = cfg.get("max_pixels", DEFAULT_MAX_PIXELS)
-    reasoning = cfg.get("reasoning", "interleaved")
+    single_only = cfg["single_question_only"]
+    max_pixels = cfg["max_pixels"]
+    reasoning = cfg["reasoning"]
     if reasoning not in ("interleaved", "explanation"):
         raise DataError(f"{NAME} config: reasoning {reasoning!r} not in {{interleaved, explanation}}")
     out = []

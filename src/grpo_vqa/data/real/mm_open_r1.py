@@ -84,12 +84,13 @@ def load(cfg: dict, split: str) -> list[Pending]:
         files = sorted((root / "data").glob(f"{base.group(0) if base else spec}-*.parquet"))
         if not files:
             raise DataError(f"{NAME}: no parquet files {root / 'data'}/{spec}-*.parquet")
+        cache_dir = str(cfg["cache_dir"]) if cfg["cache_dir"] else None
         try:
             ds = datasets.load_dataset(
                 "parquet",
                 data_files={base.group(0): [str(f) for f in files]},
                 split=spec,
-                cache_dir=str(cfg["cache_dir"]) if cfg.get("cache_dir") else None,
+                cache_dir=cache_dir,
             )
         except Exception as exc:
             raise DataError(f"{NAME}: cannot read {files[0]} split {spec!r} ({first_line(exc)})") from None

@@ -8,7 +8,7 @@ Format (from the official ``dataloader.py`` and README): ``<local_dir>/data/<spl
 
 Unconfirmed: how ``rgb`` paths are written in the released json (the official code opens them relative to
 the repository root). We try ``rgb`` as given if absolute, then ``<local_dir>/<rgb>``, then
-``<images_dir>/<file name>`` (``images_dir`` default ``<local_dir>/data/20200223``, the raw-image folder).
+``<images_dir>/<file name>`` (``images_dir`` null: ``<local_dir>/data/20200223``, the raw-image folder).
 Samples carry no id, so ids hash the image file name with the triple.
 """
 
@@ -61,8 +61,8 @@ def load(cfg: dict, split: str) -> list[Pending]:
     source_of(NAME, cfg, hub_ok=False)
     name = dataset_split(NAME, cfg, split)
     root = local_dir(NAME, cfg)
-    images = Path(cfg.get("images_dir") or root / "data" / "20200223")
-    path = root / "data" / f"{cfg.get('split_file', 'c_0.9_c_0.1')}.json"
+    images = Path(cfg["images_dir"] or root / "data" / "20200223")  # null: the raw-image folder
+    path = root / "data" / f"{cfg['split_file']}.json"
     data = read_json(path, NAME)
     if not isinstance(data, dict) or not isinstance(data.get(name), list):
         raise DataError(f"{NAME} {path.name}: no list of samples under key {name!r}")

@@ -4,7 +4,7 @@ Format (official README and ``baselines/``): ``<local_dir>/annotations.json`` is
 ``url``, ``nsid``, ``height``, ``width``, ``split`` (train/valid/test) and ``annotations``: relations with
 ``_id``, ``predicate`` (9 types, e.g. "to the left of"), ``subject``/``object`` (``{"name", "x", "y",
 "bbox": [y0, y1, x0, x1]}``) and ``label`` (bool). Images live in ``<images_dir>/flickr/<url file name>``
-for Flickr URLs and ``<images_dir>/nyu/<url file name>`` otherwise (``images_dir`` default
+for Flickr URLs and ``<images_dir>/nyu/<url file name>`` otherwise (``images_dir`` null:
 ``<local_dir>/images``), as in the official ``read_img``.
 
 Items use the Rel3D wording ``"<subject> <predicate> <object>?"`` so that sim-to-real transfer compares like
@@ -59,7 +59,7 @@ def load(cfg: dict, split: str) -> list[Pending]:
     source_of(NAME, cfg, hub_ok=False)
     name = dataset_split(NAME, cfg, split)
     root = local_dir(NAME, cfg)
-    images = Path(cfg.get("images_dir") or root / "images")
+    images = Path(cfg["images_dir"] or root / "images")  # null: <local_dir>/images
     path = root / "annotations.json"
     data = read_json(path, NAME)
     if not isinstance(data, list):

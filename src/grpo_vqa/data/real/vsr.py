@@ -8,7 +8,7 @@ splits has no ``subj``/``obj``; they are then parsed from the caption (``"The <s
 
 ``source: hub`` loads the split with ``datasets.load_dataset(hub_id, data_files=...)`` and downloads each
 selected COCO image from ``image_link`` into ``image_dir``; ``source: local`` reads ``<local_dir>/<split>.jsonl``
-and expects images in ``images_dir`` (default ``<local_dir>/images``), named as in ``image``.
+and expects images in ``images_dir`` (null: ``<local_dir>/images``), named as in ``image``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from grpo_vqa.data.real.common import (
 from grpo_vqa.data.schema import vsr_problem, vsr_solution
 
 NAME = "vsr"
-DATA_FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
 COLUMNS = ("image", "caption", "label", "relation")
 _COPULA = re.compile(r"\s+(is|are|has|have)$")
 
@@ -84,7 +83,7 @@ def load(cfg: dict, split: str) -> list[Pending]:
     name = dataset_split(NAME, cfg, split)
     out = []
     if source == "hub":
-        ds = load_hub_split(NAME, cfg, name, data_files=cfg.get("data_files", DATA_FILES))
+        ds = load_hub_split(NAME, cfg, name, data_files=cfg["data_files"])
         for i, row in enumerate(ds):
             where = f"{NAME} {cfg['hub_id']} {name} row {i + 1}"
             item = guarded(format_row, row, where, need_link=True)
@@ -94,7 +93,7 @@ def load(cfg: dict, split: str) -> list[Pending]:
             out.append(Pending(item, where, lambda d, f=fname, u=url, w=where: download_once(u, d / f, w)))
         return out
     root = local_dir(NAME, cfg)
-    images = Path(cfg.get("images_dir") or root / "images")
+    images = Path(cfg["images_dir"] or root / "images")  # null: <local_dir>/images
     path = root / f"{name}.jsonl"
     for lineno, row in read_jsonl(path, NAME):
         where = f"{NAME} {path.name} row {lineno}"
