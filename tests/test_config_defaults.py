@@ -231,7 +231,9 @@ def test_real_defaults_by_loader_only_for_that_loader(loader):
 
 def test_no_real_block_without_a_loader():
     filled = entry_defaults("datasets", {"kind": "relation", "source": "synthetic", "splits": SPLITS})
-    assert "real" not in filled and "bias_keep_ratio" not in filled
+    assert "real" not in filled
+    # dataset-level settings every entry has, null = off (read without fallbacks by data.build and bias_table)
+    assert filled["bias_keep_ratio"] is None and filled["question_template"] is None
 
 
 def test_config_yaml_real_data_reads_the_same_settings():

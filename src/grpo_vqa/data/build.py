@@ -129,7 +129,7 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             )
         if not items:
             raise DataError(f"datasets.{name}: split {split!r} has no items")
-        if cfg.get("question_template"):
+        if cfg["question_template"] is not None:
             for it in items:
                 it["problem"] = cfg["question_template"].format(question=it["problem"])
         ids = [it["id"] for it in items]
@@ -150,7 +150,7 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             # the drawn items, so the draw can be reused (datasets.<name>.real.ids.<split>: this file)
             atomic_write_json(out_dir / "ids" / f"{split}.json", ids)
             manifest["splits"][split]["ids_file"] = f"ids/{split}.json"
-        if cfg.get("bias_keep_ratio") is not None and split == "train":
+        if cfg["bias_keep_ratio"] is not None and split == "train":
             manifest["splits"][split]["bias_probe"] = relation_probe(items, s_seed)
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest

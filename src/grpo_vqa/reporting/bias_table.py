@@ -34,7 +34,7 @@ def probe(config: dict, exp: str) -> dict | None:
     """The relation-only probe of a minority-undersampled training set (``bias_keep_ratio``; the train
     manifest's ``bias_probe``), else None."""
     name, ds = _dataset(config, exp)
-    if ds.get("bias_keep_ratio") is None:
+    if ds["bias_keep_ratio"] is None:
         return None
     manifest = fam.read_all({name: f"results/data/{name}/manifest.json"})[name]
     return manifest["splits"]["train"]["bias_probe"]
@@ -79,7 +79,7 @@ def text_reliance(records: list[dict], majority: dict[str, str] | None = None) -
 def inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = fam.experiments_of(config, NAME, table_cfg)
     probed = sorted(
-        {_dataset(config, e)[0] for e in exps if _dataset(config, e)[1].get("bias_keep_ratio") is not None}
+        {_dataset(config, e)[0] for e in exps if _dataset(config, e)[1]["bias_keep_ratio"] is not None}
     )
     return (
         [fam.scores_path(e, s) for e in exps for s in TRAINED]
