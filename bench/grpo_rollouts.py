@@ -897,10 +897,17 @@ SETTINGS = {
     # TRL's defaults with generate(use_cache=False): the study's SmolVLM path
     "trl_nocache": {"engine": "hf", "checkpointing": True, "micro": None, "use_cache": False},
     "fast": {"engine": "fast", "checkpointing": False, "micro": 8},
-    # the engine with the decode step compiled per layer (``rollout.decode_compile: layer``, the step before #18's
-    # whole-step compile) and with the whole step compiled plus inductor's coordinate-descent tuning
+    # the engine with the whole decode step as one torch.compile region (``rollout.decode_compile: step``), the
+    # same with inductor's coordinate-descent tuning, and explicitly per layer (the default, ``layer``)
+    "fast_step": {"engine": "fast", "checkpointing": False, "micro": 8, "decode_compile": "step"},
+    "fast_autotune": {
+        "engine": "fast",
+        "checkpointing": False,
+        "micro": 8,
+        "decode_compile": "step",
+        "compile_autotune": True,
+    },
     "fast_layer": {"engine": "fast", "checkpointing": False, "micro": 8, "decode_compile": "layer"},
-    "fast_autotune": {"engine": "fast", "checkpointing": False, "micro": 8, "compile_autotune": True},
     # the engine without the background image prefetch (``rollout.prefetch_images: false``)
     "fast_noprefetch": {"engine": "fast", "checkpointing": False, "micro": 8, "prefetch_images": False},
 }
@@ -1165,13 +1172,13 @@ STUDY_PLAN = [
 ]
 
 
-#: ``all --plan decode``: #18's decode step, whole-step compile (``fast``, the default) against the per-layer
-#: compile (``fast_layer``) and TRL's defaults in one call, then 64 rollouts/step and the autotuned step
+#: ``all --plan decode``: #18's decode step, whole-step compile (``fast_step``) against the per-layer compile
+#: (``fast_layer``) and TRL's defaults in one call, then 64 rollouts/step and the autotuned step
 DECODE_PLAN = [
-    ("fast", 4, 8, 100),
+    ("fast_step", 4, 8, 100),
     ("fast_layer", 4, 8, 55),
     ("trl_default", 4, 2, 65),
-    ("fast", 64, 3, 90),
+    ("fast_step", 64, 3, 90),
     ("fast_autotune", 4, 8, 110),
 ]
 
@@ -1297,11 +1304,12 @@ def run_all(args) -> dict:
 def ratios(runs: dict) -> dict:
     out = {}
     for n in (4, 16, 32, 64):
-        fast = runs.get(f"fast_{n}", {}).get("rollouts_per_s")
-        for base in ("fast_noprefetch", "fast_layer", "trl_default", "trl_tuned", "trl_nocache"):
-            ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
-            if fast and ref:
-                out[f"fast_vs_{base}_{n}"] = fast / ref
+        for name in ("fast", "fast_step", "fast_autotune"):
+            fast = runs.get(f"{name}_{n}", {}).get("rollouts_per_s")
+            for base in ("fast_noprefetch", "fast_layer", "trl_default", "trl_tuned", "trl_nocache"):
+                ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
+                if fast and ref:
+                    out[f"{name}_vs_{base}_{n}"] = fast / ref
     return out
 
 

@@ -46,12 +46,14 @@ class RolloutConfig:
         max_batch: most rows decoded together; a larger generation batch is decoded in chunks of this size.
         prefill_batch: most unique prompts prefilled by one forward of the full model.
         compile: ``torch.compile`` the decode step (``None``: on CUDA only); ``decode_compile`` says how.
-        decode_compile: what one ``torch.compile`` region holds: ``"step"``, the whole one-token step (embedding,
-            every layer, final norm, head, token choice and the EOS bookkeeping) as one graph, so inductor fuses
-            the residual add with the next layer's RMSNorm and the sampling ops into few kernels (as gpt-fast
-            compiles ``decode_one_token``); or ``"layer"``, one compiled decoder layer shared by all layers and
-            the rest eager (compiles in a fraction of the time; each new cache length recompiles one layer, not
-            the step).
+        decode_compile: what one ``torch.compile`` region holds: ``"layer"`` (default, the step measured on the
+            GPU), one compiled decoder layer shared by all layers and the rest eager; or ``"step"``, the whole
+            one-token step (embedding, every layer, final norm, head, token choice and the EOS bookkeeping) as one
+            graph, so inductor fuses the residual add with the next layer's RMSNorm and the sampling ops into few
+            kernels (as gpt-fast compiles ``decode_one_token``), with the cache length and ``max_new_tokens`` as
+            dynamic sizes (one compile for every length bucket) and a fallback to ``"layer"`` if it fails to
+            compile. ``"step"`` is not yet timed on a GPU (bench/decode18_device.sh); the default follows that
+            measurement.
         compile_autotune: inductor's ``coordinate_descent_tuning`` for the decode step's own (Triton) kernels:
             longer compilation, block sizes tuned to the small decode batch.
         cuda_graph: capture the one-token decode step in a CUDA graph (``None``: on CUDA only).
@@ -96,7 +98,7 @@ class RolloutConfig:
     check_eos_every: int = 16
     merge_lora: bool | None = None
     kv_cache: bool = True
-    decode_compile: str = "step"
+    decode_compile: str = "layer"
     compile_autotune: bool = False
 
     def __post_init__(self):
