@@ -259,6 +259,7 @@ def prefill_study(args) -> dict:
         res[tag] = {"prefill_32_distinct_s": pre, "vision_s": vis, "rest_s": pre - vis, "first_call_s": first}
         print(tag, json.dumps(res[tag]), flush=True)
         profile(tag)
+
     # vision features of 3 images, bf16 old / fast, each against transformers' own forward in fp32
     cfg = hf.config.vision_config
     ref = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg, dtype=torch.float32).cuda().eval()
@@ -635,6 +636,149 @@ def smolvlm_cache() -> dict:
     }
 
 
+def gpu_check(args) -> dict:
+    """The engine on the GPU after #18's changes: greedy tokens of the compiled, CUDA-graphed step (``step`` and
+    ``layer`` compile) against transformers' ``generate`` for tiny Qwen2.5-VL (LoRA, merged) and SmolVLM
+    (Idefics3) models in fp32; then SmolVLM-500M dims in bf16 with and without the engine's KV cache
+    (``rollout.kv_cache: false``), tokens and time. ``--tiny``: the same on the CPU (eager, small)."""
+    from peft import LoraConfig, get_peft_model
+
+    from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams
+    from grpo_vqa.rollout.synthetic import QWEN2_5_VL_TINY, build_model, image_prompts, special_ids
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    dev = "cuda" if cuda else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    res = {"device": device_name() if cuda else "cpu", "torch": torch.__version__}
+    greedy = SamplingParams(do_sample=False)
+    modes = [("step", True), ("layer", True)] if cuda else [("eager", False)]
+
+    def compare(tag, tokens, ref, t_first):
+        rows = (tokens == ref).all(-1)
+        first = [
+            int((tokens[i] != ref[i]).nonzero()[0]) if not rows[i] else ref.shape[1] for i in range(len(ref))
+        ]
+        res[tag] = {
+            "rows_equal": int(rows.sum()),
+            "rows": len(ref),
+            "first_divergence": first,
+            "first_call_s": t_first,
+        }
+        print(tag, json.dumps(res[tag]), flush=True)
+        save()
+
+    def save():  # after every check: a call stopped at its time limit keeps what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
+    # tiny Qwen2.5-VL with LoRA on q/v, fp32
+    model = build_model({**QWEN2_5_VL_TINY, "rope_theta": 10.0}, seed=1, device=dev)
+    torch.manual_seed(11)
+    lcfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(model, lcfg).eval()
+    cfg = model.get_base_model().config
+    ids = special_ids(cfg.text_config.vocab_size)
+    g = torch.Generator().manual_seed(0)
+    inp = image_prompts(cfg, [(3, 4), (1, 2), (6, 1), (2, 9)], (112, 84), generator=g, text_vocab=300)
+    inp = {k: v.to(dev) for k, v in inp.items()}
+    eos, n = [ids["vision_end"]], 48
+    with torch.no_grad():
+        ref = model.generate(
+            **inp,
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=ids["pad"],
+            suppress_tokens=[ids["image"]],
+        )[:, inp["input_ids"].shape[1] :]
+    for mode, comp in modes:
+        engine = RolloutEngine(
+            model,
+            RolloutConfig(
+                engine="fast", compile=comp, decode_compile=mode if comp else "step", merge_lora=True
+            ),
+            eos_token_ids=eos,
+            pad_token_id=ids["pad"],
+            suppress_token_ids=[ids["image"]],
+        )
+        t = time.perf_counter()
+        out = engine.generate(**inp, max_new_tokens=n, sampling=greedy)
+        t_first = time.perf_counter() - t
+        out = engine.generate(**inp, max_new_tokens=n, sampling=greedy)  # replayed graph
+        compare(f"qwen_tiny_{mode}", out.tokens, ref, t_first)
+        res[f"qwen_tiny_{mode}"]["graph"] = next(iter(engine._slots.values())).graph is not None
+        del engine
+
+    # tiny SmolVLM (Idefics3), LoRA on every language-model linear, fp32
+    proc, token_ids = smolvlm_processor_and_token_ids(tiny=True)
+    model = build_smolvlm(token_ids, torch.float32, dev, lora_targets="all", tiny=True).eval()
+    sinp = smolvlm_inputs(proc, 3, tiny=True)
+    sinp = {k: v.to(dev) for k, v in sinp.items()}
+    eos, pad = [token_ids["image_token_id"]], token_ids["pad_token_id"]
+    with torch.no_grad():
+        ref = model.generate(**sinp, max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+    ref = ref[:, sinp["input_ids"].shape[1] :]
+    for mode, comp in modes[:1] + [("nocache", False)]:
+        rcfg = RolloutConfig(engine="fast", compile=comp, decode_compile="step", kv_cache=mode != "nocache")
+        engine = RolloutEngine(model, rcfg, eos_token_ids=eos, pad_token_id=pad)
+        t = time.perf_counter()
+        out = engine.generate(**sinp, max_new_tokens=n, sampling=greedy)
+        compare(f"smolvlm_tiny_{mode}", out.tokens, ref, time.perf_counter() - t)
+        del engine
+
+    # SmolVLM-500M dims, bf16: the engine with and without its KV cache (rollout.kv_cache: false)
+    proc, token_ids = smolvlm_processor_and_token_ids(tiny=args.tiny)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = build_smolvlm(token_ids, dtype, dev, lora_targets="all", tiny=args.tiny).eval()
+    sinp = {k: v.to(dev) for k, v in smolvlm_inputs(proc, 4, tiny=args.tiny).items()}
+    if dtype == torch.bfloat16:
+        sinp["pixel_values"] = sinp["pixel_values"].to(dtype)
+    eos, pad = [token_ids["image_token_id"]], token_ids["pad_token_id"]
+    n = 8 if args.tiny else 32
+    kv = {"batch": 4, "new_tokens": n, "prompt_len": int(sinp["input_ids"].shape[1])}
+    outs = {}
+    for cached in (True, False):
+        rcfg = RolloutConfig(engine="fast", kv_cache=cached, decode_compile="layer")  # layer: compiles fast
+        engine = RolloutEngine(model, rcfg, eos_token_ids=eos, pad_token_id=pad)
+        engine.generate(**sinp, max_new_tokens=n if cached else 2, sampling=greedy)  # compile / warm up
+        sync()
+        t = time.perf_counter()
+        outs[cached] = engine.generate(**sinp, max_new_tokens=n, sampling=greedy)
+        sync()
+        key = "cached" if cached else "uncached"
+        kv[f"{key}_s"] = time.perf_counter() - t
+        kv[f"{key}_ms_per_token"] = 1e3 * kv[f"{key}_s"] / n
+        del engine
+    a, b = outs[True].tokens, outs[False].tokens
+    same = (a == b).all(-1)
+    kv["rows_identical"] = int(same.sum())
+    kv["first_divergence"] = [int((a[i] != b[i]).nonzero()[0]) if not same[i] else n for i in range(len(a))]
+    kv["speedup_cached"] = kv["uncached_s"] / kv["cached_s"]
+    res["smolvlm500m_kv_cache"] = kv
+    print("smolvlm500m_kv_cache", json.dumps(kv), flush=True)
+    return res
+
+
+def smolvlm_inputs(proc, n, tiny=False):
+    """``n`` left-padded SmolVLM prompts, one 480x640 image each (84x112 for ``tiny``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    hw = (84, 112) if tiny else (480, 640)
+    images = [Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)) for _ in range(n)]
+    msgs = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[i % 6]}]}]
+        for i in range(n)
+    ]
+    texts = [proc.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in msgs]
+    proc.tokenizer.padding_side = "left"
+    inp = proc(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True)
+    return {
+        k: inp[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask") if k in inp
+    }
+
+
 def teacher_forced(args) -> dict:
     """bf16 engine vs transformers (its incremental decode and its full forward) against an fp32 forward."""
     from grpo_vqa.rollout import RolloutConfig, RolloutEngine
@@ -753,6 +897,17 @@ SETTINGS = {
     # TRL's defaults with generate(use_cache=False): the study's SmolVLM path
     "trl_nocache": {"engine": "hf", "checkpointing": True, "micro": None, "use_cache": False},
     "fast": {"engine": "fast", "checkpointing": False, "micro": 8},
+    # the engine with the whole decode step as one torch.compile region (``rollout.decode_compile: step``), the
+    # same with inductor's coordinate-descent tuning, and explicitly per layer (the default, ``layer``)
+    "fast_step": {"engine": "fast", "checkpointing": False, "micro": 8, "decode_compile": "step"},
+    "fast_autotune": {
+        "engine": "fast",
+        "checkpointing": False,
+        "micro": 8,
+        "decode_compile": "step",
+        "compile_autotune": True,
+    },
+    "fast_layer": {"engine": "fast", "checkpointing": False, "micro": 8, "decode_compile": "layer"},
     # the engine without the background image prefetch (``rollout.prefetch_images: false``)
     "fast_noprefetch": {"engine": "fast", "checkpointing": False, "micro": 8, "prefetch_images": False},
 }
@@ -856,8 +1011,9 @@ def grpo(args) -> dict:
     )
     kwargs = {}
     if setting["engine"] == "fast":
+        extra = {k: setting[k] for k in ("decode_compile", "compile_autotune") if k in setting}
         kwargs["rollout_config"] = RolloutConfig(
-            engine="fast", max_batch=64, prefetch_images=setting.get("prefetch_images", True)
+            engine="fast", max_batch=64, prefetch_images=setting.get("prefetch_images", True), **extra
         )
     timer = Timer()
     trainer = grpo_trainer_class(setting["engine"])(
@@ -975,6 +1131,10 @@ def grpo(args) -> dict:
     if prefetcher is not None:
         out["image_prefetch"] = {"submitted": prefetcher.submitted, "taken": prefetcher.taken}
     if setting["engine"] == "fast" and trainer.rollout_engine is not None:
+        rc = trainer.rollout_engine.config
+        keys = ("compile", "cuda_graph", "merge_lora", "decode_compile", "compile_autotune")
+        out["rollout_config"] = {k: getattr(rc, k) for k in keys}
+        out["rollout_config"]["decode_compile_used"] = trainer.rollout_engine.decode_compile
         timings = trainer.rollout_engine.last_timings
         out["engine_timings_last"] = timings
         hist = [h for h in trainer.state.log_history if "rollout/decode_s" in h]
@@ -1012,6 +1172,16 @@ STUDY_PLAN = [
 ]
 
 
+#: ``all --plan decode``: #18's decode step, whole-step compile (``fast_step``) against the per-layer compile
+#: (``fast_layer``) and TRL's defaults in one call, then 64 rollouts/step and the autotuned step
+DECODE_PLAN = [
+    ("fast_step", 4, 8, 100),
+    ("fast_layer", 4, 8, 55),
+    ("trl_default", 4, 2, 65),
+    ("fast_step", 64, 3, 90),
+    ("fast_autotune", 4, 8, 110),
+]
+
 #: ``all --plan smolvlm``: SmolVLM-500M dims, the study's 4 rollouts/step, engine vs TRL with / without the cache
 SMOLVLM_PLAN = [
     ("fast", 4, 16, 75),
@@ -1037,6 +1207,8 @@ def run_all(args) -> dict:
     plan = (
         STUDY_PLAN
         if args.plan == "study"
+        else DECODE_PLAN
+        if args.plan == "decode"
         else SMOLVLM_PLAN
         if args.plan == "smolvlm"
         else [
@@ -1132,18 +1304,23 @@ def run_all(args) -> dict:
 def ratios(runs: dict) -> dict:
     out = {}
     for n in (4, 16, 32, 64):
-        fast = runs.get(f"fast_{n}", {}).get("rollouts_per_s")
-        for base in ("fast_noprefetch", "trl_default", "trl_tuned", "trl_nocache"):
-            ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
-            if fast and ref:
-                out[f"fast_vs_{base}_{n}"] = fast / ref
+        for name in ("fast", "fast_step", "fast_autotune"):
+            fast = runs.get(f"{name}_{n}", {}).get("rollouts_per_s")
+            for base in ("fast_noprefetch", "fast_layer", "trl_default", "trl_tuned", "trl_nocache"):
+                ref = runs.get(f"{base}_{n}", {}).get("rollouts_per_s")
+                if fast and ref:
+                    out[f"{name}_vs_{base}_{n}"] = fast / ref
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model"])
-    ap.add_argument("--plan", choices=["default", "study", "smolvlm"], default="default", help="for 'all'")
+    ap.add_argument(
+        "mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model", "gpucheck"]
+    )
+    ap.add_argument(
+        "--plan", choices=["default", "study", "smolvlm", "decode"], default="default", help="for 'all'"
+    )
     ap.add_argument("--model", choices=["qwen3b", "smolvlm"], default="qwen3b", help="for 'grpo' and 'all'")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="trl", help="GRPO settings (RECIPES)")
     ap.add_argument("--lora", choices=sorted(LORA_TARGETS), default="qv", help="LoRA targets (LORA_TARGETS)")
@@ -1172,6 +1349,8 @@ def main():
         res = decode_study(args)
     elif args.mode == "tf":
         res = teacher_forced(args)
+    elif args.mode == "gpucheck":
+        res = gpu_check(args)
     elif args.mode == "grpo":
         res = grpo(args)
     else:

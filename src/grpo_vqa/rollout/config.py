@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 ENGINES = ("hf", "fast")
 # ``grpo.rollout_engine`` values: an engine, or ``auto`` (see :func:`choose_engine`)
 ENGINE_CHOICES = (*ENGINES, "auto")
+# ``rollout.decode_compile`` values: one torch.compile region per decode step, or one per decoder layer
+DECODE_COMPILE = ("step", "layer")
 # model types (``config.model_type``) the fast engine decodes
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "idefics3")
 
@@ -43,7 +45,17 @@ class RolloutConfig:
         engine: ``"hf"`` (TRL's ``transformers.generate`` path) or ``"fast"`` (``RolloutEngine``).
         max_batch: most rows decoded together; a larger generation batch is decoded in chunks of this size.
         prefill_batch: most unique prompts prefilled by one forward of the full model.
-        compile: ``torch.compile`` the per-layer decode step (``None``: on CUDA only).
+        compile: ``torch.compile`` the decode step (``None``: on CUDA only); ``decode_compile`` says how.
+        decode_compile: what one ``torch.compile`` region holds: ``"layer"`` (default, the step measured on the
+            GPU), one compiled decoder layer shared by all layers and the rest eager; or ``"step"``, the whole
+            one-token step (embedding, every layer, final norm, head, token choice and the EOS bookkeeping) as one
+            graph, so inductor fuses the residual add with the next layer's RMSNorm and the sampling ops into few
+            kernels (as gpt-fast compiles ``decode_one_token``), with the cache length and ``max_new_tokens`` as
+            dynamic sizes (one compile for every length bucket) and a fallback to ``"layer"`` if it fails to
+            compile. ``"step"`` is not yet timed on a GPU (bench/decode18_device.sh); the default follows that
+            measurement.
+        compile_autotune: inductor's ``coordinate_descent_tuning`` for the decode step's own (Triton) kernels:
+            longer compilation, block sizes tuned to the small decode batch.
         cuda_graph: capture the one-token decode step in a CUDA graph (``None``: on CUDA only).
         length_bucket: the static KV cache length is rounded up to a multiple of this, so that prompt lengths
             that differ a little reuse one captured graph.
@@ -86,10 +98,16 @@ class RolloutConfig:
     check_eos_every: int = 16
     merge_lora: bool | None = None
     kv_cache: bool = True
+    decode_compile: str = "layer"
+    compile_autotune: bool = False
 
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise ValueError(f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.decode_compile not in DECODE_COMPILE:
+            raise ValueError(
+                f"rollout.decode_compile must be one of {DECODE_COMPILE}, got {self.decode_compile!r}"
+            )
         for name in ("max_batch", "prefill_batch", "length_bucket", "check_eos_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)!r}")

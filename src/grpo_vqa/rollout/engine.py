@@ -5,14 +5,16 @@ Prefill runs the Hugging Face model (vision encoder, LoRA, M-RoPE / Idefics3's i
 its KV cache into a static cache. Decode runs the language model functionally (``rollout.decode``) over the live
 parameter tensors or their merged copies (``rollout.weights``; LoRA adapters applied inside the step, so optimizer
 updates are picked up without re-capture). The step (embedding, layers, head, sampling, EOS bookkeeping) reads and
-writes only static buffers, so on CUDA it is captured once per (batch, cache length) and replayed; each layer can be
-``torch.compile``-d (one graph shared by all layers). On CPU the same step runs eagerly, which is what the tests
+writes only static buffers, so on CUDA it is captured once per (batch, cache length) and replayed; the whole step is
+``torch.compile``-d as one graph (``rollout.decode_compile: step``; the cache length a dynamic size, so a new length
+bucket or max_new_tokens re-captures without recompiling) or each layer is (``layer``: one graph shared by all layers). On CPU the same step runs eagerly, which is what the tests
 compare against ``generate``. ``rollout.prompts`` holds the record of a batch of prompts and the dedupe of repeated
 ones.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +34,11 @@ from grpo_vqa.rollout.decode import (
 from grpo_vqa.rollout.prompts import Prompts, images_per_row, unique_rows
 from grpo_vqa.rollout.vision import install_batched_vision_attention
 from grpo_vqa.rollout.weights import DecodeWeights
+
+logger = logging.getLogger(__name__)
+
+#: ``torch.compile`` backend of the decode step (tests set ``"aot_eager"`` to trace the compiled region on the CPU)
+COMPILE_BACKEND = "inductor"
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -147,10 +154,20 @@ class RolloutEngine:
         if self.config.batched_vision_attention:
             install_batched_vision_attention(self.model, compile=self.config.compile)
         self._decode_weights = DecodeWeights(self.model, self.lm, self.config.merge_lora)
-        layer_fn = decoder_layer if self._merged is None else decoder_layer_fused
-        self._layer_fn = layer_fn
+        self._layer_fn = decoder_layer if self._merged is None else decoder_layer_fused
+        self._step_fn = self._step
         if self.config.compile:
-            self._layer_fn = torch.compile(layer_fn, fullgraph=True, dynamic=False)
+            options = {"coordinate_descent_tuning": True} if self.config.compile_autotune else None
+            kw = dict(fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+            if COMPILE_BACKEND == "inductor":
+                kw["options"] = options
+            self._compile_kw = kw
+            if self.config.decode_compile == "step":
+                self._step_fn = torch.compile(self._step, **kw)
+            else:
+                self._layer_fn = torch.compile(self._layer_fn, **kw)
+        #: the decode step as run: "step" / "layer" (compiled that way) or "eager"
+        self.decode_compile = self.config.decode_compile if self.config.compile else "eager"
         self._slots: dict[tuple[int, int, int], _Slot] = {}
         self._sp: SamplingParams | None = None
         self._eos = torch.tensor(self.eos_token_ids, device=self.device)
@@ -195,6 +212,25 @@ class RolloutEngine:
         s.pos.add_(1)
         s.slot.add_(1)
 
+    def _step_checked(self, s: _Slot, w: dict, sp: SamplingParams) -> None:
+        """``_step_fn`` outside a graph capture (where it compiles); if the whole-step compile fails, fall back to
+        the per-layer compiled step with a warning (``decode_compile`` then says ``"layer"``)."""
+        if self.decode_compile != "step":
+            return self._step_fn(s, w, sp)
+        # one compiled step for every cache length: a new length bucket re-captures the graph, not recompiles
+        for t in (*s.k, *s.v):
+            torch._dynamo.maybe_mark_dynamic(t, 2)
+        for t in (s.key_valid, s.out_tokens, s.out_logprobs):  # and for every max_new_tokens
+            torch._dynamo.maybe_mark_dynamic(t, 1)
+        try:
+            return self._step_fn(s, w, sp)
+        except Exception as err:  # noqa: BLE001 - any compiler error: the per-layer step computes the same
+            logger.warning("rollout decode: whole-step torch.compile failed (%s); compiling per layer", err)
+            self._step_fn = self._step
+            self._layer_fn = torch.compile(self._layer_fn, **self._compile_kw)
+            self.decode_compile = "layer"
+            return self._step_fn(s, w, sp)
+
     def _emit(self, s: _Slot, logits: torch.Tensor, sp: SamplingParams) -> None:
         tokens, logp = select_tokens(logits, sp, self._suppress)
         tokens = torch.where(s.done, self.pad_token_id, tokens)
@@ -233,13 +269,13 @@ class RolloutEngine:
             for _ in range(3):  # compile + warm up outside the capture
                 s.slot.zero_()
                 s.step.zero_()
-                self._step(s, w, sp)
+                self._step_checked(s, w, sp)
         torch.cuda.current_stream().wait_stream(stream)
         s.slot.zero_()
         s.step.zero_()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step(s, w, sp)
+            self._step_fn(s, w, sp)
         s.graph = graph
 
     # ---------------------------------------------------------------- prefill
@@ -457,7 +493,7 @@ class RolloutEngine:
             if s.graph is not None:
                 s.graph.replay()
             else:
-                self._step(s, w, sp)
+                self._step_checked(s, w, sp)
             out.append(s.logits.clone())
         return torch.stack(out, dim=1)
 
@@ -518,7 +554,7 @@ class RolloutEngine:
             if s.graph is not None:
                 s.graph.replay()
             else:
-                self._step(s, w, sp)
+                self._step_checked(s, w, sp)
             steps += 1
             if t % self.config.check_eos_every == 0 and bool(s.done.all()):
                 break
