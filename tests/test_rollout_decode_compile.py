@@ -73,8 +73,8 @@ def _same(a, b):
 
 
 def test_config_values():
-    assert RolloutConfig(engine="fast").decode_compile == "layer"
-    assert RolloutConfig.from_dict({"engine": "fast", "decode_compile": "step"}).decode_compile == "step"
+    assert RolloutConfig(engine="fast").decode_compile == "step"
+    assert RolloutConfig.from_dict({"engine": "fast", "decode_compile": "layer"}).decode_compile == "layer"
     with pytest.raises(ValueError, match="decode_compile"):
         RolloutConfig(engine="fast", decode_compile="model")
 
