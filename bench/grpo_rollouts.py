@@ -1182,6 +1182,13 @@ DECODE_PLAN = [
     ("fast_autotune", 4, 8, 110),
 ]
 
+#: ``all --plan autotune``: the whole-step compile with and without ``rollout.compile_autotune`` (GEMM autotuning)
+AUTOTUNE_PLAN = [
+    ("fast_step", 4, 8, 100),
+    ("fast_autotune", 4, 8, 240),
+    ("fast_autotune", 64, 3, 120),
+]
+
 #: ``all --plan smolvlm``: SmolVLM-500M dims, the study's 4 rollouts/step, engine vs TRL with / without the cache
 SMOLVLM_PLAN = [
     ("fast", 4, 16, 75),
@@ -1209,6 +1216,8 @@ def run_all(args) -> dict:
         if args.plan == "study"
         else DECODE_PLAN
         if args.plan == "decode"
+        else AUTOTUNE_PLAN
+        if args.plan == "autotune"
         else SMOLVLM_PLAN
         if args.plan == "smolvlm"
         else [
@@ -1319,7 +1328,10 @@ def main():
         "mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model", "gpucheck"]
     )
     ap.add_argument(
-        "--plan", choices=["default", "study", "smolvlm", "decode"], default="default", help="for 'all'"
+        "--plan",
+        choices=["default", "study", "smolvlm", "decode", "autotune"],
+        default="default",
+        help="for 'all'",
     )
     ap.add_argument("--model", choices=["qwen3b", "smolvlm"], default="qwen3b", help="for 'grpo' and 'all'")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="trl", help="GRPO settings (RECIPES)")

@@ -49,6 +49,14 @@ __all__ = [
     "unwrap_hf_model",
 ]
 
+#: inductor options of ``rollout.compile_autotune``: tuned block sizes for the step's own kernels, and the matrix
+#: products autotuned between cuBLAS and Triton templates (split-K ones among them) for the small decode batch
+AUTOTUNE_OPTIONS = {
+    "coordinate_descent_tuning": True,
+    "max_autotune_gemm": True,
+    "max_autotune_gemm_backends": "ATEN,TRITON",
+}
+
 
 @dataclass
 class RolloutOutput:
@@ -157,7 +165,7 @@ class RolloutEngine:
         self._layer_fn = decoder_layer if self._merged is None else decoder_layer_fused
         self._step_fn = self._step
         if self.config.compile:
-            options = {"coordinate_descent_tuning": True} if self.config.compile_autotune else None
+            options = AUTOTUNE_OPTIONS if self.config.compile_autotune else None
             kw = dict(fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
             if COMPILE_BACKEND == "inductor":
                 kw["options"] = options
