@@ -49,3 +49,16 @@ def tiling_idefics3_processor(tiny):
         image_seq_len=tiny.image_seq_len,
         chat_template=IDEFICS3_CHAT_TEMPLATE,
     )
+
+
+def engine_generate(engine, inp: dict, n: int, sampling):
+    """``engine.generate`` on a processor's batch ``inp`` (Qwen2.5-VL's or Idefics3's image inputs, whichever it
+    holds), ``n`` new tokens."""
+    images = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_attention_mask")
+    return engine.generate(
+        inp["input_ids"],
+        inp["attention_mask"],
+        max_new_tokens=n,
+        sampling=sampling,
+        **{k: inp[k] for k in images if k in inp},
+    )

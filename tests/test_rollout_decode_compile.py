@@ -16,6 +16,8 @@ from peft import LoraConfig, get_peft_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
+from rollout_helpers import engine_generate  # noqa: E402
+
 import grpo_vqa.rollout.engine as engine_module  # noqa: E402
 from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams  # noqa: E402
 from grpo_vqa.rollout.synthetic import build_model, image_prompts, special_ids  # noqa: E402
@@ -49,21 +51,16 @@ def _qwen_run(model, n, sampling=GREEDY, **cfg):
         pad_token_id=ids["pad"],
         suppress_token_ids=[ids["image"]],
     )
+    inp = _qwen_inputs(model)
+    torch.manual_seed(5)
+    return eng, engine_generate(eng, inp, n, sampling)
+
+
+def _qwen_inputs(model):
     g = torch.Generator().manual_seed(0)
-    inp = image_prompts(
+    return image_prompts(
         model.get_base_model().config, [(3, 4), (1, 2), (6, 1)], (112, 84), generator=g, text_vocab=300
     )
-    torch.manual_seed(5)
-    out = eng.generate(
-        inp["input_ids"],
-        inp["attention_mask"],
-        max_new_tokens=n,
-        sampling=sampling,
-        pixel_values=inp["pixel_values"],
-        image_grid_thw=inp["image_grid_thw"],
-        mm_token_type_ids=inp["mm_token_type_ids"],
-    )
-    return eng, out
 
 
 def _same(a, b):
@@ -118,14 +115,7 @@ def test_compiled_idefics3_step_equals_eager_and_generate(tmp_path):
 
     def run(**cfg):
         eng = RolloutEngine(model, RolloutConfig(engine="fast", **cfg), eos_token_ids=eos, pad_token_id=pad)
-        return eng.generate(
-            inp["input_ids"],
-            inp["attention_mask"],
-            max_new_tokens=n,
-            sampling=GREEDY,
-            pixel_values=inp["pixel_values"],
-            pixel_attention_mask=inp.get("pixel_attention_mask"),
-        )
+        return engine_generate(eng, inp, n, GREEDY)
 
     ref = run(compile=False)
     got = run(compile=True, decode_compile="step", merge_lora=True)
@@ -139,20 +129,9 @@ def test_step_compiles_once_for_every_cache_length(qwen):
 
     counters.clear()
     eng, a = _qwen_run(qwen, 8, merge_lora=True, compile=True, decode_compile="step", length_bucket=8)
-    g = torch.Generator().manual_seed(0)
-    inp = image_prompts(
-        qwen.get_base_model().config, [(3, 4), (1, 2), (6, 1)], (112, 84), generator=g, text_vocab=300
-    )
+    inp = _qwen_inputs(qwen)
     for n in (8, 20, 37):  # three cache lengths (multiples of 8) and completion lengths
-        out = eng.generate(
-            inp["input_ids"],
-            inp["attention_mask"],
-            max_new_tokens=n,
-            sampling=GREEDY,
-            pixel_values=inp["pixel_values"],
-            image_grid_thw=inp["image_grid_thw"],
-            mm_token_type_ids=inp["mm_token_type_ids"],
-        )
+        out = engine_generate(eng, inp, n, GREEDY)
         assert torch.equal(out.tokens[:, :8], a.tokens)
     assert counters["stats"]["unique_graphs"] == 1
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from rollout_helpers import engine_generate
 
 from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams, select_tokens, varlen_attention
 from grpo_vqa.rollout.synthetic import build_model, image_prompts, special_ids
@@ -39,15 +40,7 @@ GREEDY = SamplingParams(do_sample=False)
 
 
 def _run(engine, inp, n, sampling=GREEDY):
-    return engine.generate(
-        inp["input_ids"],
-        inp["attention_mask"],
-        max_new_tokens=n,
-        sampling=sampling,
-        pixel_values=inp["pixel_values"],
-        image_grid_thw=inp["image_grid_thw"],
-        mm_token_type_ids=inp["mm_token_type_ids"],
-    )
+    return engine_generate(engine, inp, n, sampling)
 
 
 def _hf_greedy(model, inp, n, eos, pad, suppress):

@@ -11,6 +11,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
+from rollout_helpers import engine_generate  # noqa: E402
+
 from grpo_vqa.rollout import RolloutConfig, RolloutEngine, SamplingParams  # noqa: E402
 
 CORPUS = [
@@ -75,14 +77,7 @@ def _engine(model, eos, pad, **cfg):
 
 
 def _run(engine, inp, n, sampling=GREEDY):
-    return engine.generate(
-        inp["input_ids"],
-        inp["attention_mask"],
-        max_new_tokens=n,
-        sampling=sampling,
-        pixel_values=inp["pixel_values"],
-        pixel_attention_mask=inp.get("pixel_attention_mask"),
-    )
+    return engine_generate(engine, inp, n, sampling)
 
 
 def _hf(model, inp, n, eos, pad, use_cache):
