@@ -656,13 +656,10 @@ def gpu_check(args) -> dict:
 
     def compare(tag, tokens, ref, t_first):
         rows = (tokens == ref).all(-1)
-        first = [
-            int((tokens[i] != ref[i]).nonzero()[0]) if not rows[i] else ref.shape[1] for i in range(len(ref))
-        ]
         res[tag] = {
             "rows_equal": int(rows.sum()),
             "rows": len(ref),
-            "first_divergence": first,
+            "first_divergence": first_divergence(tokens, ref),
             "first_call_s": t_first,
         }
         print(tag, json.dumps(res[tag]), flush=True)
@@ -753,11 +750,18 @@ def gpu_check(args) -> dict:
     a, b = outs[True].tokens, outs[False].tokens
     same = (a == b).all(-1)
     kv["rows_identical"] = int(same.sum())
-    kv["first_divergence"] = [int((a[i] != b[i]).nonzero()[0]) if not same[i] else n for i in range(len(a))]
+    kv["first_divergence"] = first_divergence(a, b, n)
     kv["speedup_cached"] = kv["uncached_s"] / kv["cached_s"]
     res["smolvlm500m_kv_cache"] = kv
     print("smolvlm500m_kv_cache", json.dumps(kv), flush=True)
     return res
+
+
+def first_divergence(tokens: torch.Tensor, ref: torch.Tensor, length: int | None = None) -> list[int]:
+    """Per row, the index of the first token that differs from ``ref`` (``length``, default ``ref``'s row length,
+    where none does)."""
+    length = ref.shape[1] if length is None else length
+    return [int(row.nonzero()[0]) if row.any() else length for row in tokens != ref]
 
 
 def smolvlm_inputs(proc, n, tiny=False):
@@ -897,8 +901,8 @@ SETTINGS = {
     # TRL's defaults with generate(use_cache=False): the study's SmolVLM path
     "trl_nocache": {"engine": "hf", "checkpointing": True, "micro": None, "use_cache": False},
     "fast": {"engine": "fast", "checkpointing": False, "micro": 8},
-    # the engine with the whole decode step as one torch.compile region (``rollout.decode_compile: step``), the
-    # same with inductor's coordinate-descent tuning, and explicitly per layer (the default, ``layer``)
+    # the engine with the whole decode step as one torch.compile region (``rollout.decode_compile: step``, the
+    # default), the same with ``rollout.compile_autotune``, and per layer (``layer``)
     "fast_step": {"engine": "fast", "checkpointing": False, "micro": 8, "decode_compile": "step"},
     "fast_autotune": {
         "engine": "fast",
@@ -1198,6 +1202,29 @@ SMOLVLM_PLAN = [
 ]
 
 
+#: ``all --plan default``: engine against plain TRL at 16, 32 and 64 rollouts/step
+DEFAULT_PLAN = [
+    ("trl_default", 32, 2, 110),
+    ("fast", 32, 3, 60),
+    ("trl_tuned", 32, 2, 95),
+    ("fast", 64, 3, 70),
+    ("trl_tuned", 64, 2, 135),
+    ("fast", 16, 3, 50),
+    ("trl_tuned", 16, 2, 65),
+    ("trl_default", 16, 1, 130),
+    ("trl_default", 64, 1, 140),
+]
+
+#: ``all``'s plans: (setting, rollouts/step, timed steps, rough process seconds on an H100, to fit the time budget)
+PLANS = {
+    "default": DEFAULT_PLAN,
+    "study": STUDY_PLAN,
+    "smolvlm": SMOLVLM_PLAN,
+    "decode": DECODE_PLAN,
+    "autotune": AUTOTUNE_PLAN,
+}
+
+
 def save_model(args) -> dict:
     """Save a Qwen2.5-VL-3B-dims model (random bf16 weights, no LoRA) with the bench's processor to ``--out``: the
     pretrained model of bench/pipeline_grpo_3b.yaml's pipeline run."""
@@ -1210,28 +1237,7 @@ def save_model(args) -> dict:
 
 
 def run_all(args) -> dict:
-    # (setting, rollouts/step, timed steps, rough process seconds on an H100, to fit the time budget)
-    plan = (
-        STUDY_PLAN
-        if args.plan == "study"
-        else DECODE_PLAN
-        if args.plan == "decode"
-        else AUTOTUNE_PLAN
-        if args.plan == "autotune"
-        else SMOLVLM_PLAN
-        if args.plan == "smolvlm"
-        else [
-            ("trl_default", 32, 2, 110),
-            ("fast", 32, 3, 60),
-            ("trl_tuned", 32, 2, 95),
-            ("fast", 64, 3, 70),
-            ("trl_tuned", 64, 2, 135),
-            ("fast", 16, 3, 50),
-            ("trl_tuned", 16, 2, 65),
-            ("trl_default", 16, 1, 130),
-            ("trl_default", 64, 1, 140),
-        ]
-    )
+    plan = PLANS[args.plan]
     if args.only:
         keep = set(args.only.split(","))
         plan = [p for p in plan if f"{p[0]}_{p[1]}" in keep]
@@ -1327,12 +1333,7 @@ def main():
     ap.add_argument(
         "mode", choices=["micro", "prefill", "tf", "decode", "grpo", "all", "save-model", "gpucheck"]
     )
-    ap.add_argument(
-        "--plan",
-        choices=["default", "study", "smolvlm", "decode", "autotune"],
-        default="default",
-        help="for 'all'",
-    )
+    ap.add_argument("--plan", choices=sorted(PLANS), default="default", help="for 'all' (PLANS)")
     ap.add_argument("--model", choices=["qwen3b", "smolvlm"], default="qwen3b", help="for 'grpo' and 'all'")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="trl", help="GRPO settings (RECIPES)")
     ap.add_argument("--lora", choices=sorted(LORA_TARGETS), default="qv", help="LoRA targets (LORA_TARGETS)")

@@ -54,9 +54,9 @@ class RolloutConfig:
             compile; or ``"layer"``, one compiled decoder layer shared by all layers and the rest eager. ``"step"``
             gave 2.65 rollouts/s against ``"layer"``'s 2.46 in one H100 call (Qwen2.5-VL-3B dims, study recipe;
             README, "Fast GRPO rollouts"): the same decode, no recompile at a new length bucket.
-        compile_autotune: inductor's autotuning for the decode step (``engine.AUTOTUNE_OPTIONS``): coordinate-descent
-            block sizes for its own kernels and the matrix products chosen between cuBLAS and Triton templates for
-            the small decode batch; longer compilation.
+        compile_autotune: inductor's autotuning for the decode step (``engine.AUTOTUNE_OPTIONS``):
+            coordinate-descent block sizes for its own kernels and the matrix products chosen between cuBLAS and
+            Triton templates for the small decode batch; longer compilation (no faster decode measured).
         cuda_graph: capture the one-token decode step in a CUDA graph (``None``: on CUDA only).
         length_bucket: the static KV cache length is rounded up to a multiple of this, so that prompt lengths
             that differ a little reuse one captured graph.

@@ -5,11 +5,11 @@ Prefill runs the Hugging Face model (vision encoder, LoRA, M-RoPE / Idefics3's i
 its KV cache into a static cache. Decode runs the language model functionally (``rollout.decode``) over the live
 parameter tensors or their merged copies (``rollout.weights``; LoRA adapters applied inside the step, so optimizer
 updates are picked up without re-capture). The step (embedding, layers, head, sampling, EOS bookkeeping) reads and
-writes only static buffers, so on CUDA it is captured once per (batch, cache length) and replayed; the whole step is
-``torch.compile``-d as one graph (``rollout.decode_compile: step``; the cache length a dynamic size, so a new length
-bucket or max_new_tokens re-captures without recompiling) or each layer is (``layer``: one graph shared by all layers). On CPU the same step runs eagerly, which is what the tests
-compare against ``generate``. ``rollout.prompts`` holds the record of a batch of prompts and the dedupe of repeated
-ones.
+writes only static buffers, so on CUDA it is captured once per (batch, cache length) and replayed; the whole
+step is ``torch.compile``-d as one graph (``rollout.decode_compile: step``; the cache length a dynamic size, so a
+new length bucket or max_new_tokens re-captures without recompiling) or each layer is (``layer``: one graph
+shared by all layers). On CPU the same step runs eagerly, which is what the tests compare against ``generate``.
+``rollout.prompts`` holds the record of a batch of prompts and the dedupe of repeated ones.
 """
 
 from __future__ import annotations

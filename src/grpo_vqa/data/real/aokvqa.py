@@ -4,8 +4,8 @@ Local format (official README / ``load_aokvqa``): ``<local_dir>/aokvqa_v1p0_<spl
 questions with ``question_id``, ``image_id`` (COCO 2017 id), ``question``, ``choices`` (4 strings),
 ``correct_choice_idx``, ``direct_answers``, ``difficult_direct_answer`` and ``rationales`` (3 strings).
 Images: ``<coco_dir>/<coco_split>2017/<image_id:012d>.jpg`` (``coco_dir`` null: ``<local_dir>/coco``;
-``coco_split`` null: the A-OKVQA split name, train/val/test, see :func:`coco_split`). The official test split has no answers; map our
-``test`` to ``val``.
+``coco_split`` null: the A-OKVQA split name, train/val/test, see :func:`coco_split`). The official test split
+has no answers; map our ``test`` to ``val``.
 
 Hub: rows of ``datasets.load_dataset(hub_id, split=...)``; an embedded ``image`` is written to
 ``<image_dir>/<id>.png``, otherwise the COCO image is downloaded by URL. Unconfirmed: the hub copy's exact

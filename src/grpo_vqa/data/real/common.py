@@ -4,8 +4,9 @@ A loader turns one split of a dataset into :class:`Pending` items (schema column
 resolver). Its ``cfg`` is :func:`grpo_vqa.data.real.loader_config`'s: the dataset's ``real:`` block with the
 schema's defaults filled in (``$defs.real`` and ``real_<loader>`` in workflow/schemas/config.schema.yaml, every
 setting's one default) and the build's per-split ``source``, ``limit``, ``ids``, ``bias`` and
-``bias_keep_ratio``; the loaders read it without fallbacks. :func:`finalize` then checks ids, draws the seeded ``limit`` subset and only then fetches or
-writes images, so a 1,000-item subset of a hub dataset downloads 1,000 images, not all of them.
+``bias_keep_ratio``; the loaders read it without fallbacks. :func:`finalize` then checks ids, draws the seeded
+``limit`` subset and only then fetches or writes images, so a 1,000-item subset of a hub dataset downloads 1,000
+images, not all of them.
 """
 
 from __future__ import annotations
