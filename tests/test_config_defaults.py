@@ -32,6 +32,7 @@ PRETRAIN_SCENE_DEFAULTS = {
     "radius": [14, 22],
     "max_count": 5,
     "single_share": 0.0,
+    "compare_share": 0.0,
 }
 #: The settings of every loader's real: block, and each loader's own (the loaders' former fallbacks).
 REAL_COMMON_DEFAULTS = {

@@ -46,7 +46,7 @@ def _reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 7) for c in completions]
 
 
-def _trainer(checkpoint, tmp_path, engine="fast", **overrides):
+def _trainer(checkpoint, tmp_path, engine="fast", rollout_config=None, **overrides):
     from grpo_vqa.models.loading import load_model, load_processor
 
     torch.manual_seed(0)
@@ -60,6 +60,7 @@ def _trainer(checkpoint, tmp_path, engine="fast", **overrides):
             tmp_path, **({"top_p": 0.95, "logging_steps": 1, "learning_rate": 0.05} | overrides)
         ),
         train_dataset=_dataset(),
+        **({} if rollout_config is None else {"rollout_config": rollout_config}),
     )
 
 
@@ -184,6 +185,16 @@ def test_row_cache_fetches_each_row_once():
         cache[i]
     cache[1]
     assert calls[-1] == 1  # evicted after `capacity` newer rows
+
+
+def test_cudnn_attention_is_turned_off_unless_asked(checkpoint, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    _trainer(checkpoint, tmp_path)
+    assert calls == [False]
+    calls.clear()
+    _trainer(checkpoint, tmp_path, rollout_config=RolloutConfig(engine="fast", cudnn_attention=True))
+    assert calls == []
 
 
 def test_hf_fallback_for_unsupported_settings(checkpoint, tmp_path):

@@ -13,7 +13,18 @@ import random
 
 from ..config import entry_defaults
 from .build import generator_for
-from .relations import AXIS, DIRECTIONAL, PROXIMITY, listing, proximity_text, sample_relation_scene
+from .relations import (
+    AXIS,
+    DIRECTIONAL,
+    OPPOSITE,
+    PROXIMITY,
+    caption_for,
+    listing,
+    problem_for,
+    proximity_text,
+    reasoning_for,
+    sample_relation_scene,
+)
 from .scenes import COUNT_COLORS, PALETTES, SHAPES, Scene, SceneObject, render
 from .tasks import counting_scene, describe_counts
 
@@ -28,6 +39,7 @@ SCENE_KEYS = (
     "radius",
     "layout",
     "single_share",
+    "compare_share",
 )
 
 
@@ -57,6 +69,7 @@ def make_pretrain_items(
     radius: tuple[int, int],
     layout: str,
     single_share: float,
+    compare_share: float,
     with_images: bool = True,
 ) -> list[dict]:
     """``n`` (image, prompt, description) items: relation descriptions (``relation_share``) and shape counts.
@@ -64,6 +77,10 @@ def make_pretrain_items(
     Every scene setting is the caller's (``models.<name>.pretrain``: :func:`scene_mix`; the schema holds each
     one's default and its meaning). ``tied_colors`` draws relation scenes with one colour per shape (the
     tutorial's), as the embedded relation datasets do; ``radius`` is the objects' size range in pixels.
+    ``compare_share`` of the items are text comparisons: the question of a relation item (VSR wording) with the
+    objects already listed in the claim's order, answered by the verdict sentences of the SFT reasoning; the
+    image shows the scene, but the text alone decides. The share is drawn only when positive, so a mix without
+    it draws the same items as before it existed.
     ``with_images=False`` gives the texts only (the tokenizer corpus).
     """
     rng = random.Random(seed)
@@ -71,7 +88,21 @@ def make_pretrain_items(
     items = []
     for i in range(n):
         style = "textured" if rng.random() < textured_share else "flat"
-        if rng.random() < single_share:
+        if compare_share > 0 and rng.random() < compare_share:
+            claimed = rng.choice(DIRECTIONAL)
+            seen = claimed if rng.random() < 0.5 else OPPOSITE[claimed]
+            subj, obj = sample_relation_scene(
+                rng, seen, size, colors, list(SHAPES), radius, tied=tied_colors, layout=layout
+            )
+            objects = [subj, obj]
+            question = problem_for(
+                caption_for(subj.name, claimed, obj.name), subj.name, claimed, obj.name, "vsr"
+            )
+            seen_text, verdict = _split_reasoning(
+                reasoning_for(subj, obj, seen, claimed), listing(objects, claimed)
+            )
+            problem, text = f"{question} {seen_text}", verdict
+        elif rng.random() < single_share:
             obj = _single_object(rng, size, radius)
             objects = [obj]
             problem, text = "Where is the shape?", f"The {obj.name} is at the {_quadrant(obj, size)}."
@@ -98,6 +129,13 @@ def make_pretrain_items(
             item["image"] = render(Scene(size, size, style, objects, noise_seed=noise_seed))
         items.append(item)
     return items
+
+
+def _split_reasoning(reasoning: str, seen_text: str) -> tuple[str, str]:
+    """The SFT reasoning cut after its listing ``seen_text``: (listing, the verdict sentences after it)."""
+    if not reasoning.startswith(seen_text + " "):
+        raise ValueError(f"reasoning {reasoning!r} does not start with its listing {seen_text!r}")
+    return seen_text, reasoning[len(seen_text) + 1 :]
 
 
 def _single_object(rng: random.Random, size: int, radius: tuple[int, int]) -> SceneObject:

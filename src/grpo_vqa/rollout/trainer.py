@@ -129,6 +129,8 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
             logger.warning("fast rollouts disabled, using TRL's generation: %s", reason)
             return
         hf_model = unwrap_hf_model(self.accelerator.unwrap_model(self.model))
+        if not self.rollout_config.cudnn_attention:
+            torch.backends.cuda.enable_cudnn_sdp(False)
         if self.rollout_config.batched_vision_attention:
             install_batched_vision_attention(hf_model)
         self.rollout_engine = RolloutEngine(

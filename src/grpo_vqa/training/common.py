@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,13 +134,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def target_text(reasoning: str, solution: str, target: str = "think_answer") -> str:
+#: ``sft.target`` values: the tagged completion, the bare answer, or the two formats split over the items
+SFT_TARGETS = ("think_answer", "answer", "mixed")
+
+
+def target_text(reasoning: str, solution: str, target: str = "think_answer", item_id: str = "") -> str:
     """The SFT target: ``think_answer`` is ``<think>reasoning</think><answer>solution</answer>``; ``answer`` the
-    bare solution (the study's VSR SFT baseline is trained to answer ``True`` / ``False``)."""
+    bare solution (the study's VSR SFT baseline is trained to answer ``True`` / ``False``); ``mixed`` the tagged
+    completion for half of the items and the same text without tags (``reasoning Answer: solution``) for the
+    other half, chosen by a hash of ``item_id`` (a model that knows the task but often ignores the format)."""
+    if target not in SFT_TARGETS:
+        raise ValueError(f"SFT target {target!r}: expected one of {', '.join(SFT_TARGETS)}")
     if target == "answer":
         return str(solution)
-    if target != "think_answer":
-        raise ValueError(f"SFT target {target!r}: expected think_answer or answer")
+    if target == "mixed" and zlib.crc32(item_id.encode()) % 2 == 0:
+        return f"{reasoning} Answer: {solution}"
     return f"<think>{reasoning}</think><answer>{solution}</answer>"
 
 

@@ -29,14 +29,17 @@ def sft_rows(
     """Prompt-completion conversational rows (plus ``image``) from a task split.
 
     The completion is :func:`~grpo_vqa.training.common.target_text` of ``target`` (``think_answer``:
-    ``<think>reasoning</think><answer>solution</answer>``; ``answer``: the bare solution), or the raw
-    ``completion_field`` column when given (captioning warm start, prompt tuning).
+    ``<think>reasoning</think><answer>solution</answer>``; ``answer``: the bare solution; ``mixed``: the two
+    formats split over the items by id), or the raw ``completion_field`` column when given (captioning warm
+    start, prompt tuning).
     """
     target_text("", "", target)  # reject an unknown target before touching the data
 
     def to_row(ex):
         text = (
-            ex[completion_field] if completion_field else target_text(ex["reasoning"], ex["solution"], target)
+            ex[completion_field]
+            if completion_field
+            else target_text(ex["reasoning"], ex["solution"], target, ex["id"])
         )
         return {
             "prompt": prompt_messages(ex["problem"], system_prompt),
