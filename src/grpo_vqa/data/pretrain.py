@@ -22,8 +22,8 @@ from .relations import (
     listing,
     problem_for,
     proximity_text,
-    reasoning_for,
     sample_relation_scene,
+    verdict_for,
 )
 from .scenes import COUNT_COLORS, PALETTES, SHAPES, Scene, SceneObject, render
 from .tasks import counting_scene, describe_counts
@@ -98,10 +98,7 @@ def make_pretrain_items(
             question = problem_for(
                 caption_for(subj.name, claimed, obj.name), subj.name, claimed, obj.name, "vsr"
             )
-            seen_text, verdict = _split_reasoning(
-                reasoning_for(subj, obj, seen, claimed), listing(objects, claimed)
-            )
-            problem, text = f"{question} {seen_text}", verdict
+            problem, text = f"{question} {listing(objects, claimed)}", verdict_for(subj, obj, seen, claimed)
         elif rng.random() < single_share:
             obj = _single_object(rng, size, radius)
             objects = [obj]
@@ -129,13 +126,6 @@ def make_pretrain_items(
             item["image"] = render(Scene(size, size, style, objects, noise_seed=noise_seed))
         items.append(item)
     return items
-
-
-def _split_reasoning(reasoning: str, seen_text: str) -> tuple[str, str]:
-    """The SFT reasoning cut after its listing ``seen_text``: (listing, the verdict sentences after it)."""
-    if not reasoning.startswith(seen_text + " "):
-        raise ValueError(f"reasoning {reasoning!r} does not start with its listing {seen_text!r}")
-    return seen_text, reasoning[len(seen_text) + 1 :]
 
 
 def _single_object(rng: random.Random, size: int, radius: tuple[int, int]) -> SceneObject:

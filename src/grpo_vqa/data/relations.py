@@ -151,13 +151,17 @@ def proximity_text(seen: str) -> str:
     return f"The shapes are {seen} each other."
 
 
-def reasoning_for(subj: SceneObject, obj: SceneObject, seen: str, claimed: str) -> str:
-    """What is seen (read from the image in the claim's order), the claimed relation negated or not, the
-    verdict."""
+def verdict_for(subj: SceneObject, obj: SceneObject, seen: str, claimed: str) -> str:
+    """The reasoning's last two sentences: the claimed relation negated or not, the verdict."""
     holds = seen == claimed
-    seen_text = listing([subj, obj], claimed) if claimed in AXIS else proximity_text(seen)
     stated = f"So the {subj.name} is {'' if holds else 'not '}{claimed} the {obj.name}."
-    return f"{seen_text} {stated} The statement is {'true' if holds else 'false'}."
+    return f"{stated} The statement is {'true' if holds else 'false'}."
+
+
+def reasoning_for(subj: SceneObject, obj: SceneObject, seen: str, claimed: str) -> str:
+    """What is seen (read from the image in the claim's order), then :func:`verdict_for`."""
+    seen_text = listing([subj, obj], claimed) if claimed in AXIS else proximity_text(seen)
+    return f"{seen_text} {verdict_for(subj, obj, seen, claimed)}"
 
 
 def label_plan(relations: list[str], n: int, bias: float, rng: random.Random) -> list[tuple[str, int]]:
