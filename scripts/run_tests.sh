@@ -21,7 +21,7 @@ export GRPO_VQA_EMBEDDED_DIR="${GRPO_VQA_EMBEDDED_DIR:-results/test-runs/embedde
 export GRPO_VQA_EMBEDDED_SEEDS="${GRPO_VQA_EMBEDDED_SEEDS:-1234,7}"
 rm -rf "$GRPO_VQA_EMBEDDED_DIR"
 status=0
-python3 -m pytest -q --durations=25 -m "not learning" "$@" || status=$?
+python3 -m pytest -q --durations=25 "$@" || status=$?
 table="$GRPO_VQA_EMBEDDED_DIR/results/tables/vsr_main.md"
 if [[ -f "$table" ]]; then
   echo "=== the embedded default's table from this run ($table) ==="

@@ -78,10 +78,13 @@ def blank_image_answers(run_dir: Path, exp: str) -> tuple[float, float, int, int
 
 
 @pytest.mark.parametrize("exp", EXPERIMENTS)
-def test_sft_learns_the_format_and_beats_the_untrained_model(run_dir, exp):
-    base, sft = scores(run_dir, exp, "base"), scores(run_dir, exp, "sft")
-    assert sft["test"]["format"] >= 90.0
-    assert sft["test"]["accuracy"] > base["test"]["accuracy"]
+def test_sft_knows_the_task_and_grpo_learns_the_format(run_dir, exp):
+    """SFT (``sft.target: partial_tags``) writes the answer tags on about half of the items: it beats the
+    untrained model but leaves the format to GRPO, whose format reward brings it to >= 85 % on every seed."""
+    base, sft, grpo = (scores(run_dir, exp, stage)["test"] for stage in ("base", "sft", "grpo"))
+    assert sft["accuracy"] > base["accuracy"]
+    assert grpo["format"] >= 85.0, f"{exp}: GRPO's test format {grpo['format']}"
+    assert grpo["format"] > sft["format"], f"{exp}: format SFT {sft['format']} -> GRPO {grpo['format']}"
 
 
 @pytest.mark.parametrize("exp", EXPERIMENTS)
@@ -104,12 +107,11 @@ def test_the_text_alone_does_not_answer(run_dir, exp):
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_every_model_learns_the_relations_from_the_image(run_dir, exp):
     """Both tiny models (2,500-step warm starts that list the shapes of held-out scenes right on 99-100 %, seeds
-    7 and 42; Qwen with M-RoPE [0, 2, 14]) answer >= 70 % of the test items after SFT and after GRPO, well
-    above their blank-image accuracy."""
-    for stage in ("sft", "grpo"):
-        s = scores(run_dir, exp, stage)
-        assert s["test"]["accuracy"] >= 70.0, f"{exp} {stage}: test accuracy {s['test']['accuracy']}"
-        assert s["test"]["accuracy"] >= s["test-blank"]["accuracy"] + 15.0, f"{exp} {stage}: {s}"
+    7 and 42; Qwen with M-RoPE [0, 2, 14]) end (after GRPO) with >= 70 % of the test items right, well above
+    their blank-image accuracy."""
+    s = scores(run_dir, exp, "grpo")
+    assert s["test"]["accuracy"] >= 70.0, f"{exp} grpo: test accuracy {s['test']['accuracy']}"
+    assert s["test"]["accuracy"] >= s["test-blank"]["accuracy"] + 15.0, f"{exp} grpo: {s}"
 
 
 def test_table_and_figures_come_from_the_run(run_dir):
@@ -123,10 +125,9 @@ def test_table_and_figures_come_from_the_run(run_dir):
         assert (path.parent / (fig + ".provenance.json")).exists()
 
 
-# --- Issue 16's bars, not met yet (marker `learning`, not in CI; README, "What the default run gives") ------
+# --- GRPO helps (issue 16's bars; README, "What the default run gives") ----------------------------------
 
 
-@pytest.mark.learning
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_grpo_reward_rises(run_dir, exp):
     hist = json.loads((run_dir / f"results/runs/{exp}/grpo/adapter/train_history.json").read_text())
@@ -135,7 +136,6 @@ def test_grpo_reward_rises(run_dir, exp):
     assert sum(rewards[-q:]) / q > sum(rewards[:q]) / q
 
 
-@pytest.mark.learning
 @pytest.mark.parametrize("model", MODELS)
 def test_grpo_helps_on_every_seed(run_dir, model):
     """GRPO's test accuracy >= its starting point + 5 points on the mean over seeds, and lower on none."""

@@ -158,8 +158,8 @@ def test_default_objects(tmp_path, monkeypatch):
     sft, lora = built(cfg, "vsr_qwen", "sft", tmp_path)
     assert (sft.per_device_train_batch_size, sft.learning_rate, sft.max_steps, sft.warmup_steps) == (
         24,
-        3e-3,
-        500,
+        2e-3,
+        750,
         0.05,
     )
     assert sorted(lora.modules_to_save) == ["embed_tokens", "lm_head"] and lora.lora_dropout == 0.0

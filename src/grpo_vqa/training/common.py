@@ -135,20 +135,25 @@ def is_main_process() -> bool:
 
 
 #: ``sft.target`` values: the tagged completion, the bare answer, or the two formats split over the items
-SFT_TARGETS = ("think_answer", "answer", "mixed")
+SFT_TARGETS = ("think_answer", "answer", "mixed", "partial_tags")
 
 
 def target_text(reasoning: str, solution: str, target: str = "think_answer", item_id: str = "") -> str:
     """The SFT target: ``think_answer`` is ``<think>reasoning</think><answer>solution</answer>``; ``answer`` the
     bare solution (the study's VSR SFT baseline is trained to answer ``True`` / ``False``); ``mixed`` the tagged
     completion for half of the items and the same text without tags (``reasoning Answer: solution``) for the
-    other half, chosen by a hash of ``item_id`` (a model that knows the task but often ignores the format)."""
+    other half, chosen by a hash of ``item_id`` (a model that knows the task but often ignores the format);
+    ``partial_tags`` the reasoning in its ``<think>`` tags on every item and the answer in ``<answer>`` tags on
+    half of them (the same hash), after ``Answer: `` on the rest (a model that slips on the answer tag only)."""
     if target not in SFT_TARGETS:
         raise ValueError(f"SFT target {target!r}: expected one of {', '.join(SFT_TARGETS)}")
     if target == "answer":
         return str(solution)
-    if target == "mixed" and zlib.crc32(item_id.encode()) % 2 == 0:
+    untagged = target in ("mixed", "partial_tags") and zlib.crc32(item_id.encode()) % 2 == 0
+    if untagged and target == "mixed":
         return f"{reasoning} Answer: {solution}"
+    if untagged:
+        return f"<think>{reasoning}</think>Answer: {solution}"
     return f"<think>{reasoning}</think><answer>{solution}</answer>"
 
 
