@@ -134,7 +134,8 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-#: ``sft.target`` values: the tagged completion, the bare answer, or the two formats split over the items
+#: ``sft.target`` values: the tagged completion, the bare answer, or a tagged and an untagged format split over
+#: the items (``mixed``: no tags at all on the untagged half; ``partial_tags``: no answer tags)
 SFT_TARGETS = ("think_answer", "answer", "mixed", "partial_tags")
 
 
@@ -149,12 +150,10 @@ def target_text(reasoning: str, solution: str, target: str = "think_answer", ite
         raise ValueError(f"SFT target {target!r}: expected one of {', '.join(SFT_TARGETS)}")
     if target == "answer":
         return str(solution)
-    untagged = target in ("mixed", "partial_tags") and zlib.crc32(item_id.encode()) % 2 == 0
-    if untagged and target == "mixed":
-        return f"{reasoning} Answer: {solution}"
-    if untagged:
-        return f"<think>{reasoning}</think>Answer: {solution}"
-    return f"<think>{reasoning}</think><answer>{solution}</answer>"
+    thought = f"<think>{reasoning}</think>"
+    if target in ("mixed", "partial_tags") and zlib.crc32(item_id.encode()) % 2 == 0:  # the untagged half
+        return f"{reasoning} Answer: {solution}" if target == "mixed" else f"{thought}Answer: {solution}"
+    return f"{thought}<answer>{solution}</answer>"
 
 
 def with_images(ds, blank: bool = False):
