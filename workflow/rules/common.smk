@@ -39,6 +39,9 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}:${{{{PYTHONPATH:-}}}};
 PROMPT_DIR = str(REPO / "config" / "judge_prompts")
 
 THREADS = int(config["threads_per_job"])
+#: Training jobs (build, SFT, merge, GRPO, prompt tuning) start before evaluations and judging that are ready at
+#: the same time: they lead the longest chains (on 2 cores, Qwen's SFT waited 19 s behind two evaluations).
+TRAIN_PRIORITY = 10
 EXPERIMENTS = list(config["experiments"])
 STAGES = ["base", "sft", "grpo"]
 # Soft-prompt stages (trained by prompt_tuning in train.smk): the stage name and the completion the prompt is trained to produce.

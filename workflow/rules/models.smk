@@ -17,6 +17,7 @@ rule build_model:
     conda:
         "../../envs/train.yaml"
     threads: THREADS
+    priority: TRAIN_PRIORITY
     resources:
         runtime=lambda w, attempt: capped_runtime(60 * attempt),
         mem_mb=lambda w, attempt: 8000 * attempt,

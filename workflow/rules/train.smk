@@ -18,6 +18,7 @@ rule sft:
     conda:
         "../../envs/train.yaml"
     threads: exp_threads
+    priority: TRAIN_PRIORITY
     # sft.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
     # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
@@ -51,6 +52,7 @@ rule merge_lora:
     conda:
         "../../envs/train.yaml"
     threads: exp_threads
+    priority: TRAIN_PRIORITY
     resources:
         slurm_partition=exp_partition,
         runtime=lambda w, attempt: capped_runtime((60 if is_gpu_model(w.exp) else 30) * attempt),
@@ -83,6 +85,7 @@ rule grpo:
     conda:
         "../../envs/train.yaml"
     threads: exp_threads
+    priority: TRAIN_PRIORITY
     # grpo.launch: nodes = num_machines; one GPU per process (gpu on one node, gres per node on several);
     # one task per node (accelerate starts the ranks); CPUs and memory per node scale with its processes
     resources:
@@ -123,6 +126,7 @@ rule prompt_tuning:
     conda:
         "../../envs/train.yaml"
     threads: exp_threads
+    priority: TRAIN_PRIORITY
     resources:
         slurm_partition=exp_partition,
         runtime=train_runtime,
