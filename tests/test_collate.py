@@ -14,7 +14,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling  # noq
 from grpo_vqa.data.schema import prompt_messages  # noqa: E402
 from grpo_vqa.models.loading import load_processor  # noqa: E402
 from grpo_vqa.models.tiny import build_tiny_model  # noqa: E402
-from grpo_vqa.training.collate import CachedCollator, row_key, same_batch  # noqa: E402
+from grpo_vqa.training.collate import CachedCollator, row_key, same_batch, split_rows  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -74,6 +74,16 @@ def test_cached_batches_equal_trl_batches_every_epoch(processor):
     assert cached.misses == len(data) and cached.hits == 2 * len(data)
     # the token rows differ in length, so the batches were padded (the case that needs the padding right)
     assert len({int(m.sum()) for m in want["attention_mask"]}) > 1
+
+
+def test_a_batch_cut_into_rows_gives_the_one_row_outputs(processor):
+    """New rows are collated together and cut apart: each piece must be what TRL gives for that row alone."""
+    data = rows(7, seed=3)
+    batch = trl_collator(processor)([dict(r) for r in data])
+    cut = split_rows(batch, data)
+    assert cut is not None and len(cut) == len(data)
+    for piece, row in zip(cut, data, strict=True):
+        assert same_batch(piece, trl_collator(processor)([dict(row)]))
 
 
 def test_rows_are_left_as_they_came(processor):

@@ -48,37 +48,52 @@ class CachedCollator:
     def __call__(self, examples: list[dict]):
         if self.enabled is False or "prompt" not in examples[0]:
             return self.inner(examples)
-        rows = [self._row(ex) for ex in examples]
-        batch = self.assemble(rows)
         if self.enabled is None:
-            # TRL's collator edits its rows in place: give it fresh copies of what came in
-            reference = self.inner([_copy_row(ex) for ex in examples])
-            self.enabled = batch is not None and same_batch(batch, reference)
-            if not self.enabled:
-                log.warning(
-                    "collate cache off: TRL's batch is not the rows' concatenation for this processor"
-                )
-                self.cache.clear()
-                return reference
-        if batch is None:  # rows whose images cannot be concatenated
-            return self.inner(examples)
-        return batch
+            return self._first(examples)
+        keys = [row_key(ex) for ex in examples]
+        new = {k: ex for k, ex in zip(keys, examples, strict=True) if k not in self.cache}
+        self.hits += len(keys) - len(new)
+        self.misses += len(new)
+        fresh = {}
+        if new:
+            # the new rows collated together by TRL (its batched call), then cut into rows
+            rows = split_rows(self.inner([_copy_row(ex) for ex in new.values()]), list(new.values()))
+            if rows is None:
+                return self.inner(examples)
+            fresh = dict(zip(new, rows, strict=True))
+            for k, row in fresh.items():
+                self._keep(k, row)
+        batch = self.assemble([self.cache.get(k) or fresh[k] for k in keys])
+        return self.inner(examples) if batch is None else batch
 
-    def _row(self, example: dict) -> dict:
-        key = row_key(example)
-        row = self.cache.get(key)
-        if row is not None:
-            self.hits += 1
-            return row
-        self.misses += 1
-        row = self.inner([_copy_row(example)])
+    def _first(self, examples: list[dict]):
+        """The first batch: TRL's batched call, checked against its one-row calls (the batch is their padded
+        concatenation) and against cutting it into rows (the cut gives those one-row outputs)."""
+        reference = self.inner([_copy_row(ex) for ex in examples])
+        singles = [self.inner([_copy_row(ex)]) for ex in examples]
+        cut = split_rows(reference, examples)
+        batch = self.assemble(singles)
+        self.enabled = (
+            batch is not None
+            and same_batch(batch, reference)
+            and cut is not None
+            and all(same_batch(a, b) for a, b in zip(cut, singles, strict=True))
+        )
+        if not self.enabled:
+            log.warning("collate cache off: TRL's batch is not the rows' concatenation for this processor")
+            return reference
+        self.misses += len(examples)
+        for ex, row in zip(examples, singles, strict=True):
+            self._keep(row_key(ex), row)
+        return reference
+
+    def _keep(self, key: str, row) -> None:
         size = sum(v.numel() * v.element_size() for v in row.values() if hasattr(v, "numel"))
         if self.kept_bytes + size <= self.max_bytes:
             self.cache[key] = row
             self.kept_bytes += size
-        return row
 
-    def assemble(self, rows: list[dict]):
+    def assemble(self, rows: list) -> object | None:
         """The batch of one-row outputs ``rows`` as TRL's batched call builds it, or None if the rows' non-token
         tensors cannot be concatenated (different keys or shapes)."""
         import torch
@@ -100,6 +115,48 @@ class CachedCollator:
             else:
                 return None
         return _like(rows[0], out)
+
+
+def split_rows(batch, examples: list[dict]) -> list | None:
+    """TRL's batch of ``examples`` cut into one-row outputs, or None where the layout is not known: token rows
+    are flushed left (row i's tokens are its first ``attention_mask[i].sum()``); a tensor with one entry per
+    row is cut by rows; Qwen2-VL-style ``pixel_values`` (patches of all images stacked) by ``image_grid_thw``."""
+    n = len(examples)
+    if "attention_mask" not in batch or "input_ids" not in batch:
+        return None
+    lengths = [int(v) for v in batch["attention_mask"].sum(dim=1)]
+    per_image = None
+    if "image_grid_thw" in batch:
+        counts = [len(ex.get("images") or [ex.get("image")]) for ex in examples]
+        if sum(counts) != batch["image_grid_thw"].shape[0]:
+            return None
+        patches = [int(p) for p in batch["image_grid_thw"].prod(dim=-1)]
+        bounds, i = [], 0
+        for c in counts:
+            bounds.append((i, i + c))
+            i += c
+        per_image = (bounds, patches)
+    rows = [{} for _ in range(n)]
+    for k, v in batch.items():
+        if not hasattr(v, "shape"):
+            return None
+        if k == "input_ids" or k in TOKEN_PAD:
+            for i in range(n):
+                rows[i][k] = v[i : i + 1, : lengths[i]].clone()
+        elif per_image is not None and k in ("pixel_values", "image_grid_thw"):
+            bounds, patches = per_image
+            for i, (a, b) in enumerate(bounds):
+                if k == "image_grid_thw":
+                    rows[i][k] = v[a:b].clone()
+                else:
+                    start = sum(patches[:a])
+                    rows[i][k] = v[start : start + sum(patches[a:b])].clone()
+        elif v.shape[0] == n:
+            for i in range(n):
+                rows[i][k] = v[i : i + 1].clone()
+        else:
+            return None
+    return [_like(batch, r) for r in rows]
 
 
 def _like(template, data: dict):
