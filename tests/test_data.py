@@ -111,6 +111,18 @@ def test_build_dataset_writes_splits_images_and_manifest(tmp_path):
     assert split_seed(1, "rel", "train") != split_seed(1, "rel", "test")
 
 
+def test_every_relation_train_set_carries_its_measured_bias(tmp_path):
+    """The train manifest's relation-only probe (the bias table's measured level): near chance on an unbiased
+    set, far above it on a strongly biased one; no probe on the other splits."""
+    levels = {}
+    for bias in (0.5, 0.95):
+        cfg = REL_CFG | {"splits": {"train": 200, "test": 10}, "bias": bias}
+        manifest = build_dataset("rel", cfg, tmp_path / f"b{bias}", seed=1)
+        assert "bias_probe" not in manifest["splits"]["test"]
+        levels[bias] = manifest["splits"]["train"]["bias_probe"]["accuracy"]
+    assert levels[0.5] < 65.0 < 85.0 < levels[0.95]
+
+
 def test_counting_items_answer_matches_scene_and_reward():
     items = make_counting_items(
         entry_defaults("datasets", {"kind": "counting", "max_count": 7}), "test", 30, 5, "count"

@@ -90,8 +90,17 @@ def test_text_reliance_of_a_text_only_model_and_of_a_perfect_one():
         bias_table.text_reliance([{"id": "x", "solution": "True", "correct": True}])
 
 
+#: the relation-only probe's accuracy written into each bias set's train manifest
+PROBED = {"bias_050": 49.5, "bias_080": 79.25, "bias_095": 95.0}
+
+
 def write_bias_upstream(config) -> None:
     for exp in config["tables"]["bias"]["experiments"]:
+        dataset = config["experiments"][exp]["dataset"]
+        put(
+            f"results/data/{dataset}/manifest.json",
+            {"splits": {"train": {"bias_probe": {"accuracy": PROBED[exp], "majority": {}}}}},
+        )
         for stage in ("sft", "grpo"):
             put(
                 f"results/eval/{exp}/{stage}/scores.json",
@@ -110,6 +119,8 @@ def test_bias_table_follows_its_upstream_files(config, workdir):
     df = csv_of(out)
     assert len(df) == 6
     assert list(df["train bias"]) == [0.5, 0.5, 0.8, 0.8, 0.95, 0.95]
+    # each set's measured bias (its manifest's probe), beside the configured one
+    assert list(df["relation-only probe"]) == [49.5, 49.5, 79.25, 79.25, 95.0, 95.0]
     strong = df[df["experiment"] == "bias_095"].iloc[0]
     assert strong["bias-inconsistent accuracy"] == 0.0 and strong["agreement with text prior"] == 100.0
     assert strong["consistent − inconsistent"] == 100.0

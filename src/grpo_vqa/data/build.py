@@ -150,7 +150,8 @@ def build_dataset(name: str, cfg: dict, out_dir: str | Path, seed: int) -> dict:
             # the drawn items, so the draw can be reused (datasets.<name>.real.ids.<split>: this file)
             atomic_write_json(out_dir / "ids" / f"{split}.json", ids)
             manifest["splits"][split]["ids_file"] = f"ids/{split}.json"
-        if cfg["bias_keep_ratio"] is not None and split == "train":
+        if split == "train" and (cfg["kind"] == "relation" or cfg["bias_keep_ratio"] is not None):
+            # how far the relation word alone predicts the label: the bias table's measured level of each set
             manifest["splits"][split]["bias_probe"] = relation_probe(items, s_seed)
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,19 @@ def strip_special(text: str, processor) -> str:
             text = text.replace(special, "")
     end = "<end_of_utterance>"
     return text.replace(end, "").strip()
+
+
+#: The cache lines' digest of what an item's response was generated from (see :func:`input_key`).
+INPUT_KEY = "_input"
+
+
+def input_key(row: dict, blank: bool) -> str:
+    """A digest of an item's prompt, solution, image file (path, size, modification time) and the blank-image
+    flag: a cached response is reused only for the same input."""
+    path = row.get("image_path")
+    st = os.stat(path) if path and os.path.exists(path) else None
+    ident = [row["problem"], row.get("solution"), path, st and st.st_size, st and st.st_mtime_ns, blank]
+    return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]
 
 
 def score_record(
@@ -125,6 +139,8 @@ def evaluate_split(
     finds more probable right after the prompt (and is scored as a bare answer)."""
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [ds[i] for i in range(len(ds))]
+    keys = {r["id"]: input_key(r, blank) for r in rows}
     done: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():
@@ -132,8 +148,9 @@ def evaluate_split(
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill: redo that item
-            done[rec["id"]] = rec
-    rows = [ds[i] for i in range(len(ds))]
+            # an item is reused only for the same input (a regenerated dataset keeps its ids)
+            if rec.get(INPUT_KEY) == keys.get(rec["id"]):
+                done[rec["id"]] = {k: v for k, v in rec.items() if k != INPUT_KEY}
     todo = [r for r in rows if r["id"] not in done]
     bar = progress(total=len(rows), initial=len(rows) - len(todo), desc=desc, interval=30)
     with open(cache_path, "a", encoding="utf-8") as fh:
@@ -155,7 +172,7 @@ def evaluate_split(
                     answer_without_tags or bool(next_token_labels),
                 )
                 done[rec["id"]] = rec
-                fh.write(json.dumps(rec) + "\n")
+                fh.write(json.dumps(rec | {INPUT_KEY: keys[rec["id"]]}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
             bar.update(len(batch))

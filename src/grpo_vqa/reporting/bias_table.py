@@ -40,6 +40,16 @@ def probe(config: dict, exp: str) -> dict | None:
     return manifest["splits"]["train"]["bias_probe"]
 
 
+def probe_level(config: dict, exp: str) -> float | None:
+    """The held-out accuracy (%) of the relation-only probe on the experiment's training set (the train
+    manifest's ``bias_probe``, written for every relation set), or None where the manifest has none."""
+    name, _ = _dataset(config, exp)
+    found = fam.read_all({name: f"results/data/{name}/manifest.json"})[name]["splits"]["train"].get(
+        "bias_probe"
+    )
+    return None if found is None or found["accuracy"] is None else float(found["accuracy"])
+
+
 def bias_level(config: dict, exp: str) -> float:
     """The training set's bias: the held-out accuracy (%) of the relation-only probe for a
     minority-undersampled set (``bias_keep_ratio``); else P(caption true | text prior "True") (0.5 unset)."""
@@ -78,9 +88,7 @@ def text_reliance(records: list[dict], majority: dict[str, str] | None = None) -
 
 def inputs(config: dict, table_cfg: dict) -> list[str]:
     exps = fam.experiments_of(config, NAME, table_cfg)
-    probed = sorted(
-        {_dataset(config, e)[0] for e in exps if _dataset(config, e)[1]["bias_keep_ratio"] is not None}
-    )
+    probed = sorted({_dataset(config, e)[0] for e in exps})  # every set's manifest holds its probe
     return (
         [fam.scores_path(e, s) for e in exps for s in TRAINED]
         + [fam.responses_path(e, s) for e in exps for s in TRAINED]
@@ -104,6 +112,7 @@ def bias_frame(config: dict, exps: list[str], scores: dict, responses: dict) -> 
                     "experiment": exp,
                     "model": model_label(model_cfg),
                     "train bias": bias_level(config, exp),
+                    "relation-only probe": probe_level(config, exp),
                     "stage": fam.stage_label(config, exp, stage),
                     "test accuracy": fam.split_value(s, "test"),
                     "blank-image accuracy": fam.split_value(s, "test-blank"),
@@ -136,6 +145,8 @@ def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path
             "(%) of a relation-only logistic-regression probe on the training items (the study names its sets "
             "by it: about 63 plain, 69 and 99.7); otherwise P(caption true) for relation words whose text prior "
             "is True (0.5 is unbiased). The test split is always unbiased.",
+            "relation-only probe: that probe's held-out accuracy (%) on each training set, the bias it measurably "
+            "carries (50 = the relation word says nothing about the label).",
             "blank-image: the test split with grey images (chance 50 %); bias-(in)consistent: test items whose "
             "answer the relation word's prior gets right (wrong); agreement: answers equal to that prior.",
             f"The study (VSR test, SFT / GRPO): {study}.",

@@ -159,6 +159,13 @@ def split_rows(batch, examples: list[dict]) -> list | None:
     return [_like(batch, r) for r in rows]
 
 
+def install(trainer, processor) -> None:
+    """Put a :class:`CachedCollator` in front of ``trainer``'s collator where one process loads the data (no
+    data-loader workers: the CPU runs; a worker would fill a cache of its own per epoch)."""
+    if trainer.args.dataloader_num_workers == 0:
+        trainer.data_collator = CachedCollator(trainer.data_collator, processor.tokenizer.pad_token_id)
+
+
 def _like(template, data: dict):
     """``data`` in the mapping type TRL's collator returns (a BatchFeature keeps ``.to``)."""
     try:

@@ -15,6 +15,7 @@ Checkpoints and resume as in :mod:`grpo_vqa.training.sft` (``train_resume_save``
 from __future__ import annotations
 
 from ..models.soft_prompt import attach_mrope_positions
+from . import collate
 from .common import TrainJob, make_complete_marker_callback, target_text, train_resume_save
 from .progress import LogProgress
 from .sft import sft_args, sft_rows
@@ -109,4 +110,5 @@ def run_prompt_tuning(job: TrainJob) -> dict:
     if not trainable or any("prompt_encoder" not in n for n in trainable):
         raise RuntimeError(f"prompt tuning must train the soft prompt only; trainable: {trainable[:5]}")
     attach_mrope_positions(trainer.model)
+    collate.install(trainer, processor)
     return train_resume_save(trainer, processor, job.ckpt_dir, job.out_dir, "prompt_tuning", "loss")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..data.schema import prompt_messages
-from .collate import CachedCollator
+from . import collate
 from .common import (
     TrainJob,
     lora_config,
@@ -87,9 +87,7 @@ def run_sft(job: TrainJob, use_lora: bool = True) -> dict:
             LogProgress("sft"),
         ],
     )
-    if trainer.args.dataloader_num_workers == 0:
-        # one data process (the CPU runs): each row's tensors built once, not once per epoch (same batches)
-        trainer.data_collator = CachedCollator(trainer.data_collator, processor.tokenizer.pad_token_id)
+    collate.install(trainer, processor)  # each row's tensors built once, not once per epoch (same batches)
     return train_resume_save(
         trainer,
         processor,
