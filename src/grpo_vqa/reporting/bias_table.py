@@ -30,23 +30,24 @@ def _dataset(config: dict, exp: str) -> tuple[str, dict]:
     return name, config["datasets"][name]
 
 
+def _train_manifest(config: dict, exp: str) -> dict:
+    """The train split's entry of the experiment's dataset manifest (where ``bias_probe`` lives)."""
+    name, _ = _dataset(config, exp)
+    return fam.read_all({name: f"results/data/{name}/manifest.json"})[name]["splits"]["train"]
+
+
 def probe(config: dict, exp: str) -> dict | None:
     """The relation-only probe of a minority-undersampled training set (``bias_keep_ratio``; the train
     manifest's ``bias_probe``), else None."""
-    name, ds = _dataset(config, exp)
-    if ds["bias_keep_ratio"] is None:
+    if _dataset(config, exp)[1]["bias_keep_ratio"] is None:
         return None
-    manifest = fam.read_all({name: f"results/data/{name}/manifest.json"})[name]
-    return manifest["splits"]["train"]["bias_probe"]
+    return _train_manifest(config, exp)["bias_probe"]
 
 
 def probe_level(config: dict, exp: str) -> float | None:
     """The held-out accuracy (%) of the relation-only probe on the experiment's training set (the train
     manifest's ``bias_probe``, written for every relation set), or None where the manifest has none."""
-    name, _ = _dataset(config, exp)
-    found = fam.read_all({name: f"results/data/{name}/manifest.json"})[name]["splits"]["train"].get(
-        "bias_probe"
-    )
+    found = _train_manifest(config, exp).get("bias_probe")
     return None if found is None or found["accuracy"] is None else float(found["accuracy"])
 
 

@@ -3,12 +3,13 @@
 TRL's ``DataCollatorForVisionLanguageModeling`` renders the chat template, tokenizes and preprocesses the image
 of every row on every visit. The tiny CPU runs visit each row 5-9 times (the warm start's 2,500 steps over 8,000
 scenes, SFT's 750 over 2,000 items), and those calls are a sixth of a Qwen2.5-VL step. :class:`CachedCollator`
-calls TRL's collator on a row the first time it sees it (one row at a time), keeps the result, and assembles a
-batch from the kept rows as TRL's batched call lays it out: each row's tokens flushed left and padded on the right
-to the longest row (pad token, attention 0, label -100), the image tensors concatenated in row order. The first
-batch is also collated by TRL's own batched call and compared tensor by tensor; on any difference (a processor
-whose batch is not the rows' concatenation, e.g. images of different sizes) the cache turns itself off and TRL's
-collator does the work. Same tensors, so the same training (tests/test_collate.py).
+collates the rows of a batch it has not seen with TRL's own batched call, cuts that batch into one-row outputs
+(:func:`split_rows`) and keeps them; a batch is assembled from kept rows as TRL's batched call lays it out: each
+row's tokens flushed left and padded on the right to the longest row (pad token, attention 0, label -100), the
+image tensors concatenated in row order. The first batch is checked three ways (TRL's batch = the padded
+concatenation of TRL's one-row outputs = the cut rows); on any difference (a processor whose batch is not the
+rows' concatenation, e.g. images of different sizes) the cache turns itself off and TRL's collator does the
+work. Same tensors, so the same training (tests/test_collate.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ log = logging.getLogger(__name__)
 TOKEN_PAD = {"attention_mask": 0, "labels": -100, "mm_token_type_ids": 0, "token_type_ids": 0}
 
 
+def _images(example: dict) -> list:
+    """A row's images, whether it holds them as ``image`` (ours) or ``images`` (TRL's edit of it)."""
+    return example.get("images") or ([example["image"]] if example.get("image") is not None else [])
+
+
 def row_key(example: dict) -> str:
     """A digest of everything TRL's collator reads from a prompt-completion row (texts and image pixels)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([example.get("prompt"), example.get("completion")], sort_keys=True).encode())
-    images = example.get("images") or ([example["image"]] if example.get("image") is not None else [])
-    for img in images:
+    for img in _images(example):
         h.update(f"{img.mode}{img.size}".encode())
         h.update(img.tobytes())
     return h.hexdigest()
@@ -127,7 +132,7 @@ def split_rows(batch, examples: list[dict]) -> list | None:
     lengths = [int(v) for v in batch["attention_mask"].sum(dim=1)]
     per_image = None
     if "image_grid_thw" in batch:
-        counts = [len(ex.get("images") or [ex.get("image")]) for ex in examples]
+        counts = [len(_images(ex)) for ex in examples]
         if sum(counts) != batch["image_grid_thw"].shape[0]:
             return None
         patches = [int(p) for p in batch["image_grid_thw"].prod(dim=-1)]
