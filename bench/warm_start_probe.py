@@ -16,44 +16,19 @@ import json
 import shutil
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE_SEED = 999  # the probe's scenes: a seed of their own, so no warm start trained on them
 
 
-def probe(model_dir: str | Path, n_items: int, threads: int = 1) -> dict:
-    """Exact-listing accuracy of a model on ``n_items`` fresh relation scenes, overall and per direction."""
-    import torch
+def probe(model_dir: str | Path, pretrain: dict, size: int, n_items: int, seed: int) -> dict:
+    """Exact-listing accuracy of a model on ``n_items`` fresh relation scenes, overall and per direction (the
+    warm start's gate: grpo_vqa.training.warm_start.listing_probe)."""
+    from grpo_vqa.training.warm_start import listing_probe, probe_items
 
-    from grpo_vqa.data.pretrain import default_warm_start, make_pretrain_items, scene_mix
-    from grpo_vqa.evaluation.generate import generate_batch, strip_special
-    from grpo_vqa.models.loading import load_model, load_processor
-
-    torch.set_num_threads(threads)
-    model, processor = load_model(str(model_dir)), load_processor(str(model_dir))
-    pretrain, size = default_warm_start()  # the schema's scene mix, as relation listings on plain backgrounds
-    only_listings = {"relation_share": 1.0, "proximity_share": 0.0, "textured_share": 0.0, "layout": "apart"}
-    pool = make_pretrain_items(4 * n_items, PROBE_SEED, size=size, **scene_mix(pretrain) | only_listings)
-    items = [it for it in pool if it["problem"].startswith("Name")][:n_items]
-    right, total = Counter(), Counter()
-    for start in range(0, len(items), 32):
-        batch = items[start : start + 32]
-        outs = generate_batch(
-            model, processor, [it["image"] for it in batch], [it["problem"] for it in batch], None, 24
-        )
-        for it, out in zip(batch, outs, strict=True):
-            direction = it["text"].split(":")[0]
-            total[direction] += 1
-            right[direction] += strip_special(out, processor).strip() == it["text"]
-    return {
-        "listing_exact": sum(right.values()) / len(items),
-        "by_direction": {d: right[d] / total[d] for d in sorted(total)},
-        "items": len(items),
-    }
+    return listing_probe(model_dir, probe_items(pretrain, size, n_items, seed))
 
 
 def apply_sets(cfg: dict, sets: list[str]) -> dict:
@@ -85,7 +60,7 @@ def main() -> None:
     cfg = entry_defaults("models", cfg)  # the schema's defaults, as validate_config fills them
     record = {"model": args.name, "seed": args.seed, "sets": args.set}
     if args.model:
-        record |= probe(args.model, args.items)
+        record |= probe(args.model, cfg["pretrain"], cfg["tiny"]["image_size"], args.items, args.seed)
     else:
         from grpo_vqa.data.pretrain import tokenizer_corpus
         from grpo_vqa.models.tiny import build_tiny_model
@@ -99,9 +74,12 @@ def main() -> None:
             cfg["arch"], cfg["tiny"], tokenizer_corpus(args.seed, None), root / "init", args.seed
         )
         size = cfg["tiny"]["image_size"]
-        warm_start(root / "init", root / "model", root / "checkpoints", cfg["pretrain"], args.seed, size)
+        rounds = warm_start(
+            root / "init", root / "model", root / "checkpoints", cfg["pretrain"], args.seed, size
+        )
         record["warm_start_s"] = round(time.monotonic() - t0, 1)
-        record |= probe(root / "model", args.items)
+        record["rounds"] = rounds
+        record |= probe(root / "model", cfg["pretrain"], size, args.items, args.seed)
         if not args.keep:
             shutil.rmtree(root)
     print(json.dumps(record))

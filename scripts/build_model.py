@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint folder for the warm start (kept across retries)")
     args = p.parse_args()
     cfg = cli.load_cfg(args)
+    rounds = None  # a tiny model's warm-start rounds (grpo_vqa.training.warm_start.warm_start)
     if cfg["source"] == "pretrained":
         check_model_path(f"models.{args.name}.path", cfg["path"])
         path = local_copy(cfg["path"], args.model_dir)
@@ -52,7 +53,7 @@ def main() -> None:
             build_tiny_model(cfg["arch"], cfg["tiny"], corpus, init_dir, args.seed)
         pre = cfg["pretrain"]  # a tiny model's tiny: and pretrain: are filled with the schema's defaults
         if int(pre["steps"]) > 0:
-            warm_start(
+            rounds = warm_start(
                 init_dir,
                 args.model_dir,
                 ckpt / "warm_start",
@@ -65,9 +66,12 @@ def main() -> None:
                 shutil.rmtree(args.model_dir)
             shutil.copytree(init_dir, args.model_dir)
         path = args.model_dir
-    atomic_write_json(
-        args.ref, {"name": args.name, "path": path, "source": cfg["source"], "arch": cfg["arch"]}
-    )
+    ref = {"name": args.name, "path": path, "source": cfg["source"], "arch": cfg["arch"]}
+    if cfg["source"] == "tiny":
+        ref["warm_start"] = (
+            rounds  # the rounds (steps, and the listing probe's result when gated); None: none
+        )
+    atomic_write_json(args.ref, ref)
     write_sidecar(args.ref, {"model": cfg, "seed": args.seed})
 
 

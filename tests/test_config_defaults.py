@@ -121,7 +121,7 @@ def test_tiny_models_get_full_spec_and_pretrain_pretrained_get_neither():
     fill_defaults(filled)
     bare = filled["models"]["bare"]
     assert bare["tiny"] == DEFAULT_SPEC and resolve_spec(bare["tiny"]) == DEFAULT_SPEC
-    assert bare["pretrain"] == {"steps": 0} | PRETRAIN_SCENE_DEFAULTS
+    assert bare["pretrain"] == {"steps": 0, "gate": None} | PRETRAIN_SCENE_DEFAULTS
     assert "tiny" not in filled["models"]["hub"] and "pretrain" not in filled["models"]["hub"]
     # config.yaml writes only the sizes that differ from the defaults; the build sees the same spec as before
     qwen = filled["models"]["qwen"]["tiny"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.images import load_image
 from ..data.scenes import blank_like
 from ..data.schema import prompt_messages
+from ..models.greedy import chat_texts, greedy_completions, strip_special
 from ..parsing import extract_answer, extract_think, format_ok
 from ..progress import progress
 from ..rewards import get_reward_funcs
@@ -21,36 +22,13 @@ CORRECTNESS_REWARD = {"math": "math_accuracy"}
 
 
 def chat_prompts(processor, problems: list[str], system_prompt: str | None) -> list[str]:
-    return [
-        processor.apply_chat_template(
-            prompt_messages(p, system_prompt), add_generation_prompt=True, tokenize=False
-        )
-        for p in problems
-    ]
+    return chat_texts(processor, [prompt_messages(p, system_prompt) for p in problems])
 
 
 def generate_batch(model, processor, images, problems, system_prompt, max_new_tokens: int) -> list[str]:
     """Greedy completions for one batch (left padding; only the new tokens are decoded)."""
-    import torch
-
-    texts = chat_prompts(processor, problems, system_prompt)
-    inputs = processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
-    inputs = inputs.to(model.device)
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
-    new = out[:, inputs["input_ids"].shape[1] :]
-    return processor.batch_decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def strip_special(text: str, processor) -> str:
-    """Drop padding/end-of-turn tokens from a decoded completion (keep <think>/<answer> tags)."""
-    tok = processor.tokenizer
-    keep = {"<think>", "</think>", "<answer>", "</answer>"}
-    for special in tok.all_special_tokens:
-        if special not in keep and special:
-            text = text.replace(special, "")
-    end = "<end_of_utterance>"
-    return text.replace(end, "").strip()
+    messages = [prompt_messages(p, system_prompt) for p in problems]
+    return greedy_completions(model, processor, images, messages, max_new_tokens)
 
 
 #: The cache lines' digest of what an item's response was generated from (see :func:`input_key`).
