@@ -8,7 +8,7 @@ from pathlib import Path
 
 from grpo_vqa import cli
 from grpo_vqa.config import check_model_path
-from grpo_vqa.io import atomic_write_json
+from grpo_vqa.io import atomic_write_json, copy_dir
 from grpo_vqa.provenance import write_sidecar
 
 
@@ -62,15 +62,12 @@ def main() -> None:
                 cfg["tiny"]["image_size"],
             )
         else:
-            if Path(args.model_dir).exists():
-                shutil.rmtree(args.model_dir)
-            shutil.copytree(init_dir, args.model_dir)
+            copy_dir(init_dir, args.model_dir)
         path = args.model_dir
     ref = {"name": args.name, "path": path, "source": cfg["source"], "arch": cfg["arch"]}
     if cfg["source"] == "tiny":
-        ref["warm_start"] = (
-            rounds  # the rounds (steps, and the listing probe's result when gated); None: none
-        )
+        # its rounds: steps, and the listing probe's result when gated (None: no warm start)
+        ref["warm_start"] = rounds
     atomic_write_json(args.ref, ref)
     write_sidecar(args.ref, {"model": cfg, "seed": args.seed})
 

@@ -48,3 +48,12 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
         shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(src), str(dst))
+
+
+def copy_dir(src: str | Path, dst: str | Path) -> None:
+    """Copy a directory into place through ``<dst>.tmp`` and :func:`replace_dir`: ``dst`` is never half-written."""
+    tmp = Path(str(dst) + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    replace_dir(tmp, dst)

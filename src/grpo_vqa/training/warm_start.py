@@ -12,13 +12,12 @@ inside the round it was in.
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
 from ..data.pretrain import make_pretrain_items, scene_mix
 from ..data.schema import prompt_messages
-from ..io import atomic_write_json, read_json, replace_dir
+from ..io import atomic_write_json, copy_dir, read_json
 from .common import TrainJob
 from .sft import run_sft
 
@@ -121,9 +120,8 @@ def warm_start(
         folder = Path(ckpt_dir) / f"round-{r}"
         model_r, probe_file = folder / "model", folder / "listing_probe.json"
         if not probe_file.is_file():
-            if not (
-                model_r / "train_history.json"
-            ).is_file():  # written last before the model is moved in place
+            # run_sft moves its finished output folder into place whole: a folder there is a finished round
+            if not model_r.is_dir():
                 job = TrainJob(
                     start, rows, model_r, folder / "checkpoints", train_cfg(steps, lr, batch), seed
                 )
@@ -146,9 +144,5 @@ def warm_start(
             "is the base model (models.<name>.pretrain.gate)",
             flush=True,
         )
-    tmp = Path(str(out_dir) + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(start, tmp)
-    replace_dir(tmp, out_dir)
+    copy_dir(start, out_dir)  # the round's own folder stays, so a rerun finds every round done
     return records
