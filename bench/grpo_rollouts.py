@@ -1016,6 +1016,10 @@ def grpo(args) -> dict:
     kwargs = {}
     if setting["engine"] == "fast":
         extra = {k: setting[k] for k in ("decode_compile", "compile_autotune") if k in setting}
+        if args.logprob_batch:
+            extra["logprob_batch"] = args.logprob_batch
+        if args.cudnn_attention:
+            extra["cudnn_attention"] = True
         kwargs["rollout_config"] = RolloutConfig(
             engine="fast", max_batch=64, prefetch_images=setting.get("prefetch_images", True), **extra
         )
@@ -1137,6 +1141,7 @@ def grpo(args) -> dict:
     if setting["engine"] == "fast" and trainer.rollout_engine is not None:
         rc = trainer.rollout_engine.config
         keys = ("compile", "cuda_graph", "merge_lora", "decode_compile", "compile_autotune")
+        keys += ("logprob_batch", "cudnn_attention")
         out["rollout_config"] = {k: getattr(rc, k) for k in keys}
         out["rollout_config"]["decode_compile_used"] = trainer.rollout_engine.decode_compile
         timings = trainer.rollout_engine.last_timings
@@ -1339,6 +1344,15 @@ def main():
     ap.add_argument("--lora", choices=sorted(LORA_TARGETS), default="qv", help="LoRA targets (LORA_TARGETS)")
     ap.add_argument("--micro", type=int, default=0, help="micro-batch of the fast setting (default: 8)")
     ap.add_argument("--profile-step", type=int, default=None, help="profile this training step (fast runs)")
+    ap.add_argument(
+        "--logprob-batch",
+        type=int,
+        default=0,
+        help="rollout.logprob_batch of the fast setting (default: 0, TRL's)",
+    )
+    ap.add_argument(
+        "--cudnn-attention", action="store_true", help="rollout.cudnn_attention: true for the fast setting"
+    )
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="fast")
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)

@@ -244,3 +244,61 @@ def test_image_feature_cache_is_bypassed_when_vision_trains(checkpoint, tmp_path
     next(visual.parameters()).requires_grad_(True)
     tr.image_feature_cache.clear()
     assert tr.image_feature_cache._frozen is False
+
+
+def test_wide_logprob_chunks_give_the_same_logprobs(checkpoint, tmp_path):
+    """``rollout.logprob_batch``: the no-grad log-prob forwards in wider chunks than the micro-batch compute the
+    same values (fp32 on the CPU); forwards with gradients keep TRL's chunks."""
+    tr = _trainer(checkpoint, tmp_path, rollout_config=RolloutConfig(engine="fast", logprob_batch=8))
+    ds = _dataset()
+    batch = [ds[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+    tr.model.train()
+    out = tr._generate_and_score_completions(batch)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    args = (ids, mask, out["completion_ids"].shape[1])
+    kw = dict(
+        pixel_values=out["pixel_values"],
+        image_grid_thw=out["image_grid_thw"],
+        num_images=out["num_images"],
+        mm_token_type_ids=out["mm_token_type_ids"],
+    )
+    sizes = []
+    forward = tr.model.forward
+
+    def counting(*a, **k):
+        sizes.append(k["input_ids"].shape[0])
+        return forward(*a, **k)
+
+    tr.model.forward = counting
+    try:
+        with torch.no_grad():
+            wide, _, _ = tr._get_per_token_logps_and_entropies(tr.model, *args, batch_size=2, **kw)
+        assert sizes == [8]
+        tr.rollout_config.logprob_batch = 0
+        with torch.no_grad():
+            narrow, _, _ = tr._get_per_token_logps_and_entropies(tr.model, *args, batch_size=2, **kw)
+        assert sizes == [8, 2, 2, 2, 2]
+    finally:
+        tr.model.forward = forward
+    torch.testing.assert_close(wide, narrow, atol=1e-5, rtol=1e-5)
+
+
+def test_image_processor_cache_fingerprints_each_image_object_once(monkeypatch):
+    from transformers import Qwen2VLImageProcessorPil
+
+    import grpo_vqa.rollout.cache as cache_module
+
+    calls = []
+    real = cache_module._image_key
+    monkeypatch.setattr(cache_module, "_image_key", lambda img: calls.append(1) or real(img))
+    base = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=112 * 112)
+    rng = np.random.default_rng(0)
+    a, b = (Image.fromarray(rng.integers(0, 255, (56, 84, 3), dtype=np.uint8)) for _ in range(2))
+    ref = base([a, a, b, b], return_tensors="pt")
+    cache = cache_module.ImageProcessorCache(base, device="cpu")
+    for _ in range(2):  # TRL processes the batch twice
+        out = cache([a, a, b, b], return_tensors="pt")
+        for key in ref:
+            assert torch.equal(torch.as_tensor(out[key]), torch.as_tensor(ref[key])), key
+    assert len(calls) == 2 and cache.processed == 2

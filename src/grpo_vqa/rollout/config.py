@@ -87,7 +87,13 @@ class RolloutConfig:
             trainer's own forward passes (policy, reference). ``False`` (default) turns it off for the process,
             so flash attention runs instead: the cuDNN path spent about 1.1 ms of CPU per call (26 us on the GPU)
             and left the GPU idle, and turning it off gave 3.06-3.07 rollouts/s against 2.95 in one H100 call
-            (Qwen2.5-VL-3B dims, study recipe; bench/results/sdpa_cudnn_ab_nvidia-h100-80gb-hbm3.json).
+            (Qwen2.5-VL-3B dims, study recipe; bench/results/sdpa_cudnn_ab_nvidia-h100-80gb-hbm3.json). At 64
+            rollouts/step (micro-batch 16) cuDNN was the faster one: 15.06 rollouts/s against 14.37 in one H100
+            call, policy forward+backward 1.86 s against 2.03 (bench/results/grpo_rollouts_fast_step_64_ab18_*).
+        logprob_batch: rows per chunk of the trainer's no-grad log-prob forwards (the reference model's, the old
+            policy's) where larger than the micro-batch (TRL chunks them by ``per_device_train_batch_size``);
+            ``0``: TRL's chunks. Without gradients no activations are kept, so wider chunks fit; values differ from
+            TRL's chunking by bf16 rounding only (matrix-product tiling).
     """
 
     engine: str = "hf"
@@ -107,6 +113,7 @@ class RolloutConfig:
     decode_compile: str = "step"
     compile_autotune: bool = False
     cudnn_attention: bool = False
+    logprob_batch: int = 0
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -118,6 +125,8 @@ class RolloutConfig:
         for name in ("max_batch", "prefill_batch", "length_bucket", "check_eos_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.logprob_batch) < 0:
+            raise ValueError(f"rollout.logprob_batch must be >= 0, got {self.logprob_batch!r}")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> RolloutConfig:

@@ -115,7 +115,7 @@ def decoder_layer_fused(h, cos, sin, k_cache, v_cache, slot, key_mask, weights, 
 
 def select_tokens(logits: torch.Tensor, sp: SamplingParams, suppress: torch.Tensor | None):
     """Choose one token per row from fp32 ``logits`` (B, V); return (tokens, log-prob under logits / T)."""
-    scaled = logits / sp.temperature
+    scaled = logits if sp.temperature == 1.0 else logits / sp.temperature  # x / 1.0 == x: one pass less
     logp = torch.log_softmax(scaled, dim=-1)
     if suppress is not None:
         scaled = scaled.index_fill(1, suppress, float("-inf"))

@@ -182,13 +182,26 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
         if self.image_feature_cache is not None:
             self.image_feature_cache.clear()
         if swap:
-            self.image_processor_cache = cache_cls(base, prefetcher=self.image_prefetcher)
+            kw = {"device": self.accelerator.device} if cache_cls is ImageProcessorCache else {}
+            self.image_processor_cache = cache_cls(base, prefetcher=self.image_prefetcher, **kw)
             proc.image_processor = self.image_processor_cache
         try:
             return super()._generate_and_score_completions(inputs)
         finally:
             if swap:
                 proc.image_processor = base
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kw
+    ):
+        """TRL's log-prob forwards; the no-grad ones (reference, old policy) in chunks of ``rollout.logprob_batch``
+        rows where that is larger than TRL's (the micro-batch): they keep no activations for a backward."""
+        wide = self.rollout_config.logprob_batch
+        if wide and self.rollout_engine is not None and not torch.is_grad_enabled():
+            batch_size = max(int(batch_size or input_ids.size(0)), int(wide))
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kw
+        )
 
     def _fast_unsupported_reason(self) -> str | None:
         model_type = getattr(
