@@ -48,10 +48,10 @@ def grpo_inputs(out: str) -> dict[str, str]:
 def test_embedded_families_plan_their_jobs(tmp_path):
     out = dry_run(tmp_path, "config/full-embedded.yaml")
     counts = job_counts(out)
-    # bias 3 x (SFT, GRPO), sim2real source (SFT, GRPO) + ceiling (SFT), counting and math (SFT, GRPO)
-    assert counts["sft"] == 7 and counts["grpo"] == 6
-    # bias 3x2, sim2real 3 + 1, counting 3, math 3
-    assert counts["evaluate"] == 16
+    # bias 3 x (SFT, GRPO), sim2real source and ceiling (SFT, GRPO), counting and math (SFT, GRPO)
+    assert counts["sft"] == 7 and counts["grpo"] == 7
+    # bias 3x2, sim2real 3 + 2, counting 3, math 3
+    assert counts["evaluate"] == 17
     assert counts["table"] == 4 and counts["make_dataset"] == 8 and counts["build_model"] == 1
     assert "judge_responses" not in counts
     assert all(v.endswith("/sft/model") for v in grpo_inputs(out).values())

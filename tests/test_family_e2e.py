@@ -54,6 +54,9 @@ def test_family_tables_end_to_end(tmp_path):
     assert s2r.loc["SFT on target (ceiling)", "target test accuracy"] == score(
         "sim2real_ceiling", "sft", "test"
     )
+    assert s2r.loc["SFT → GRPO on target (ceiling)", "source test accuracy"] == score(
+        "sim2real_ceiling", "grpo", "sim2real_source-test"
+    )
     counting = pd.read_csv(res / "tables/shape_counting.csv")
     assert counting["generalisation accuracy"].tolist() == [
         score("shapes_qwen", s, "shapes_general-test") for s in ("base", "grpo")

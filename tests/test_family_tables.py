@@ -196,6 +196,10 @@ def write_sim2real_upstream() -> None:
         "results/eval/sim2real_ceiling/sft/scores.json",
         {"splits": {"test": split(77.0), "sim2real_source-test": split(61.0)}},
     )
+    put(
+        "results/eval/sim2real_ceiling/grpo/scores.json",
+        {"splits": {"test": split(93.0), "sim2real_source-test": split(64.0)}},
+    )
 
 
 def test_sim2real_table_follows_its_upstream_files(config, workdir):
@@ -203,9 +207,17 @@ def test_sim2real_table_follows_its_upstream_files(config, workdir):
     out = workdir / "results/tables/sim2real.md"
     build_table("sim2real", table_config(config, "sim2real"), str(out), "results/figures/sim2real")
     df = csv_of(out).set_index("setting")
-    assert list(df.index) == ["zero-shot", "SFT on source", "SFT → GRPO on source", "SFT on target (ceiling)"]
+    assert list(df.index) == [
+        "zero-shot",
+        "SFT on source",
+        "SFT → GRPO on source",
+        "SFT on target (ceiling)",
+        "SFT → GRPO on target (ceiling)",
+    ]
     assert df.loc["SFT on source", "target test accuracy"] == 55.0
     assert df.loc["SFT on target (ceiling)", "target test accuracy"] == 77.0
+    assert df.loc["SFT → GRPO on target (ceiling)", "target test accuracy"] == 93.0
+    assert df.loc["SFT → GRPO on target (ceiling)", "source test accuracy"] == 64.0
     assert df.loc["SFT on target (ceiling)", "source test accuracy"] == 61.0
     assert df.loc["SFT → GRPO on source", "target − source"] == pytest.approx(-24.0)
     assert df.loc["SFT on source", "study: target (reported)"] == 50.8
@@ -218,6 +230,23 @@ def test_sim2real_table_follows_its_upstream_files(config, workdir):
     )
     build_table("sim2real", table_config(config, "sim2real"), str(out), "results/figures/sim2real")
     assert csv_of(out).set_index("setting").loc["SFT on target (ceiling)", "target test accuracy"] == 90.25
+
+
+def test_sim2real_ceiling_stages_pick_the_ceiling_rows(config, workdir):
+    """The study's table has the ceiling's SFT row only (schema default); its GRPO stage is then not an input."""
+    study = deep_merge(config, {"tables": {"sim2real": {"ceiling_stages": ["sft"]}}})
+    table = study["tables"]["sim2real"]
+    assert "results/eval/sim2real_ceiling/grpo/scores.json" not in sim2real_table.inputs(study, table)
+    assert "results/eval/sim2real_ceiling/grpo/scores.json" in sim2real_table.inputs(
+        config, config["tables"]["sim2real"]
+    )
+    assert fill_defaults({"tables": {"t": {"experiments": ["e"]}}})["tables"]["t"]["ceiling_stages"] == [
+        "sft"
+    ]
+    write_sim2real_upstream()
+    out = workdir / "results/tables/sim2real.md"
+    build_table("sim2real", table_config(study, "sim2real"), str(out), "results/figures/sim2real")
+    assert csv_of(out)["setting"].tolist()[-1] == "SFT on target (ceiling)"
 
 
 def test_sim2real_roles_come_from_the_datasets(config):

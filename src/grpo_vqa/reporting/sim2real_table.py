@@ -2,9 +2,10 @@
 
 The table's experiments take their role from their datasets: the first one trains on the source domain and
 names the target domain as its extra test set (``eval_datasets: [<target>]``); an experiment that trains on
-the target domain is the ceiling (its SFT row; ``eval_datasets: [<source>]`` adds its source-domain score).
-Rows: zero-shot, SFT and SFT → GRPO trained on the source; SFT trained on the target. Columns: accuracy on
-the source and the target test splits, and the study's reported target accuracy where it has one.
+the target domain is the ceiling (its SFT row, as the study reports it, or the stages that
+``tables.sim2real.ceiling_stages`` names; ``eval_datasets: [<source>]`` adds its source-domain score).
+Rows: zero-shot, SFT and SFT → GRPO trained on the source; SFT (and SFT → GRPO) trained on the target. Columns:
+accuracy on the source and the target test splits, and the study's reported target accuracy where it has one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROW_LABELS = {
     ("source", "sft"): "SFT on source",
     ("source", "grpo"): "SFT → GRPO on source",
     ("target", "sft"): "SFT on target (ceiling)",
+    ("target", "grpo"): "SFT → GRPO on target (ceiling)",
 }
 
 
@@ -56,13 +58,16 @@ def roles(config: dict, table_cfg: dict) -> tuple[str, str, list[tuple[str, str]
     return source, target, out
 
 
-def stages_for(role: str) -> tuple[str, ...]:
-    return ("base", "sft", "grpo") if role == "source" else ("sft",)
+def stages_for(role: str, table_cfg: dict) -> tuple[str, ...]:
+    """The evaluated stages of a member: every stage on the source; the configured ones of the ceiling."""
+    if role == "source":
+        return ("base", "sft", "grpo")
+    return tuple(s for s in ("sft", "grpo") if s in table_cfg["ceiling_stages"])
 
 
 def inputs(config: dict, table_cfg: dict) -> list[str]:
     _, _, members = roles(config, table_cfg)
-    return [fam.scores_path(e, s) for e, role in members for s in stages_for(role)]
+    return [fam.scores_path(e, s) for e, role in members for s in stages_for(role, table_cfg)]
 
 
 def sim2real_frame(config: dict, table_cfg: dict, scores: dict) -> pd.DataFrame:
@@ -70,7 +75,7 @@ def sim2real_frame(config: dict, table_cfg: dict, scores: dict) -> pd.DataFrame:
     rows = []
     for exp, role in members:
         model_cfg = config["models"][config["experiments"][exp]["model"]]
-        for stage in stages_for(role):
+        for stage in stages_for(role, table_cfg):
             s = scores[(exp, stage)]
             own, extra = "test", f"{target if role == 'source' else source}-test"
             src_split, tgt_split = (own, extra) if role == "source" else (extra, own)
@@ -92,7 +97,9 @@ def sim2real_frame(config: dict, table_cfg: dict, scores: dict) -> pd.DataFrame:
 
 def build(config: dict, table_cfg: dict, out_md: str, fig_dir: str) -> list[Path]:
     source, target, members = roles(config, table_cfg)
-    scores = fam.read_all({(e, s): fam.scores_path(e, s) for e, role in members for s in stages_for(role)})
+    scores = fam.read_all(
+        {(e, s): fam.scores_path(e, s) for e, role in members for s in stages_for(role, table_cfg)}
+    )
     df = sim2real_frame(config, table_cfg, scores)
     write_table(
         df,
