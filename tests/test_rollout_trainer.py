@@ -218,15 +218,7 @@ def test_image_caches_process_each_distinct_image_once(checkpoint, tmp_path):
     n0 = int(ref["image_grid_thw"][0].prod())
     torch.testing.assert_close(out["pixel_values"][:n0], ref["pixel_values"][:n0])
     # log-prob forwards reuse the features; cached and recomputed features agree
-    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
-    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    args = (ids, mask, out["completion_ids"].shape[1])
-    kw = dict(
-        pixel_values=out["pixel_values"],
-        image_grid_thw=out["image_grid_thw"],
-        num_images=out["num_images"],
-        mm_token_type_ids=out["mm_token_type_ids"],
-    )
+    args, kw = _logprob_inputs(out)
     with torch.no_grad():
         cached, _, _ = tr._get_per_token_logps_and_entropies(tr.model, *args, **kw)
         assert feats.misses == 2 and feats.hits >= 8
@@ -236,6 +228,19 @@ def test_image_caches_process_each_distinct_image_once(checkpoint, tmp_path):
     torch.testing.assert_close(cached, fresh, atol=1e-5, rtol=1e-5)
     other = ImageFeatureCache.__module__
     assert other == "grpo_vqa.rollout.cache"
+
+
+def _logprob_inputs(out: dict) -> tuple[tuple, dict]:
+    """The positional and keyword arguments of ``_get_per_token_logps_and_entropies`` for a scored batch."""
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    kw = dict(
+        pixel_values=out["pixel_values"],
+        image_grid_thw=out["image_grid_thw"],
+        num_images=out["num_images"],
+        mm_token_type_ids=out["mm_token_type_ids"],
+    )
+    return (ids, mask, out["completion_ids"].shape[1]), kw
 
 
 def test_image_feature_cache_is_bypassed_when_vision_trains(checkpoint, tmp_path):
@@ -254,15 +259,7 @@ def test_wide_logprob_chunks_give_the_same_logprobs(checkpoint, tmp_path):
     batch = [ds[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
     tr.model.train()
     out = tr._generate_and_score_completions(batch)
-    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
-    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    args = (ids, mask, out["completion_ids"].shape[1])
-    kw = dict(
-        pixel_values=out["pixel_values"],
-        image_grid_thw=out["image_grid_thw"],
-        num_images=out["num_images"],
-        mm_token_type_ids=out["mm_token_type_ids"],
-    )
+    args, kw = _logprob_inputs(out)
     sizes = []
     forward = tr.model.forward
 
