@@ -2,7 +2,7 @@
 # Quick start, command 2: install (incl. SLURM for the cluster tests), then run every test: ruff, the unit and
 # workflow tests, and the end-to-end checks the README's claims rest on (markers `embedded`: a full embedded-
 # default run; `families`: every family table on tiny settings; `paper`: config/paper.yaml on tiny models and
-# fixtures; `multiprocess`: 1- vs 2-process training). CI runs exactly this (.ci/run). About 60 minutes on 2 cores.
+# fixtures; `multiprocess`: 1- vs 2-process training). CI runs exactly this (.ci/run). About 60-70 minutes on 2 cores.
 #   bash scripts/run_tests.sh                       # everything
 #   bash scripts/run_tests.sh -k resume             # extra arguments go to pytest
 set -euo pipefail
