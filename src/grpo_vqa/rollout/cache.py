@@ -61,7 +61,8 @@ class _ProcessorProxy:
         return self._store.get(key)
 
     def _place(self, entry):
-        """An entry as this batch keeps it (``ImageProcessorCache``: its pixels on ``device``)."""
+        """An entry as this batch keeps it: as made here (``ImageProcessorCache`` puts its pixels on ``device``;
+        the Idefics3 cache keeps them on the host, where it re-pads its batches)."""
         return entry
 
     def _image_key(self, image) -> tuple:

@@ -182,8 +182,9 @@ class FastRolloutGRPOTrainer(GRPOTrainer):
         if self.image_feature_cache is not None:
             self.image_feature_cache.clear()
         if swap:
-            kw = {"device": self.accelerator.device} if cache_cls is ImageProcessorCache else {}
-            self.image_processor_cache = cache_cls(base, prefetcher=self.image_prefetcher, **kw)
+            self.image_processor_cache = cache_cls(
+                base, prefetcher=self.image_prefetcher, device=self.accelerator.device
+            )
             proc.image_processor = self.image_processor_cache
         try:
             return super()._generate_and_score_completions(inputs)
