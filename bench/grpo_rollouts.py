@@ -69,7 +69,9 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 20 / (time.perf_counter() - t)
 
 
-#: LoRA targets: the study's (q, v of the language model) or every linear layer of the language model
+#: LoRA targets: ``all``, every linear layer of the language model, is config/paper.yaml's (the study's VLM-R1 script
+#: gave no target list, so PEFT wrapped every linear layer: ../shared/reference/study-facts.md); ``qv``, q and v
+#: only, is what the benchmarks before 2026-12-07 ran (the fast engine decodes merged weights either way)
 LORA_TARGETS = {
     "qv": ["q_proj", "v_proj"],
     "all": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
