@@ -3,20 +3,18 @@
 Set GRPO_VQA_RUN_DIR to a directory where `snakemake --cores 2 all` already ran to check that run instead
 of starting one (the run takes about ten minutes on 2 idle cores). GRPO_VQA_EMBEDDED_DIR names the folder the
 run is made in (kept afterwards; CI prints its table), GRPO_VQA_EMBEDDED_SEEDS the seeds to run, comma
-separated (default: the config's one seed); every check below holds for every seed.
+separated (default: the config's one seed); every check below holds for every seed. The run is the
+``embedded_run`` fixture of tests/conftest.py (one Snakemake call with tests/test_family_effects.py's tables).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = ("vsr_qwen", "vsr_smolvlm")
 VERDICTS = {"True", "False"}  # the relation task's labels (the accuracy reward's exact answers)
 SEEDS = [int(s) for s in os.environ.get("GRPO_VQA_EMBEDDED_SEEDS", "").split(",") if s.strip()]
@@ -26,30 +24,9 @@ pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(request) -> Path:
     given = os.environ.get("GRPO_VQA_RUN_DIR")
-    if given:
-        return Path(given)
-    kept = os.environ.get("GRPO_VQA_EMBEDDED_DIR")
-    workdir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("embedded")
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "results/tables/vsr_main.md",
-        "-s",
-        str(REPO / "workflow/Snakefile"),
-        "--cores",
-        "2",
-        "-d",
-        str(workdir),
-    ]
-    if SEEDS:
-        cmd += ["--config", f"seeds=[{','.join(map(str, SEEDS))}]"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)  # two seeds on a slow machine
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
+    return Path(given) if given else request.getfixturevalue("embedded_run")
 
 
 def scores(run_dir: Path, exp: str, stage: str) -> dict:

@@ -8,39 +8,21 @@ Set GRPO_VQA_FAMILY_DIR to a folder where the two tables were already made to ch
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import FAMILY_TABLES
 
-# About 12 minutes on 2 cores after the embedded run (the base models exist): `pytest -m families`.
+# Made in the embedded run's Snakemake call (tests/conftest.py, ``embedded_run``): about 12 minutes more on 2 cores.
 pytestmark = [pytest.mark.families, pytest.mark.embedded]
-
-REPO = Path(__file__).resolve().parents[1]
-TABLES = ("bias", "sim2real")
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory) -> dict[str, pd.DataFrame]:
+def tables(request) -> dict[str, pd.DataFrame]:
     given = os.environ.get("GRPO_VQA_FAMILY_DIR")
-    if given:
-        workdir = Path(given)
-    else:
-        kept = os.environ.get("GRPO_VQA_EMBEDDED_DIR")
-        workdir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("families")
-        workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "snakemake", *[f"results/tables/{t}.md" for t in TABLES]]
-        cmd += ["-s", str(REPO / "workflow/Snakefile"), "--cores", "2", "-d", str(workdir)]
-        cmd += ["--configfile", str(REPO / "config/full-embedded.yaml")]
-        seeds = os.environ.get("GRPO_VQA_EMBEDDED_SEEDS", "").strip()
-        if seeds:  # the embedded run's seeds, so that its base models are the ones reused (tables: the first)
-            cmd += ["--config", f"seeds=[{seeds}]"]
-        env = os.environ | {"HF_HUB_OFFLINE": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {t: pd.read_csv(workdir / f"results/tables/{t}.csv") for t in TABLES}
+    workdir = Path(given) if given else request.getfixturevalue("embedded_run")  # tests/conftest.py
+    return {t: pd.read_csv(workdir / f"results/tables/{t}.csv") for t in FAMILY_TABLES}
 
 
 def test_the_biased_wording_biases_the_model(tables):
