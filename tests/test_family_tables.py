@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from grpo_vqa.config import deep_merge, fill_defaults
+from grpo_vqa.config import ConfigError, deep_merge, fill_defaults, validate_config
 from grpo_vqa.data.relations import BIAS_POSITIVE, DIRECTIONAL, bias_positive, biased_indices, text_prior
 from grpo_vqa.evaluation.generate import score_record
 from grpo_vqa.reporting import bias_table, math_r1_table, shape_counting_table, sim2real_table
@@ -240,9 +240,14 @@ def test_sim2real_ceiling_stages_pick_the_ceiling_rows(config, workdir):
     assert "results/eval/sim2real_ceiling/grpo/scores.json" in sim2real_table.inputs(
         config, config["tables"]["sim2real"]
     )
-    assert fill_defaults({"tables": {"t": {"experiments": ["e"]}}})["tables"]["t"]["ceiling_stages"] == [
-        "sft"
-    ]
+    filled = fill_defaults({"tables": {"sim2real": {"experiments": ["e"]}, "t": {"experiments": ["e"]}}})
+    assert filled["tables"]["sim2real"]["ceiling_stages"] == ["sft"]
+    assert "ceiling_stages" not in filled["tables"]["t"]  # a sim2real setting only
+    elsewhere = deep_merge(
+        config, {"tables": {"bias": {"experiments": ["vsr_qwen"], "ceiling_stages": ["sft"]}}}
+    )
+    with pytest.raises(ConfigError, match=r"tables\.bias.*ceiling_stages"):
+        validate_config(elsewhere)
     write_sim2real_upstream()
     out = workdir / "results/tables/sim2real.md"
     build_table("sim2real", table_config(study, "sim2real"), str(out), "results/figures/sim2real")

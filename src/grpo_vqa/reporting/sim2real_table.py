@@ -3,7 +3,8 @@
 The table's experiments take their role from their datasets: the first one trains on the source domain and
 names the target domain as its extra test set (``eval_datasets: [<target>]``); an experiment that trains on
 the target domain is the ceiling (its SFT row, as the study reports it, or the stages that
-``tables.sim2real.ceiling_stages`` names; ``eval_datasets: [<source>]`` adds its source-domain score).
+``tables.sim2real.ceiling_stages`` names, a key of this table alone; ``eval_datasets: [<source>]`` adds its
+source-domain score).
 Rows: zero-shot, SFT and SFT → GRPO trained on the source; SFT (and SFT → GRPO) trained on the target. Columns:
 accuracy on the source and the target test splits, and the study's reported target accuracy where it has one.
 """
