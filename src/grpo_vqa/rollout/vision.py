@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grpo_vqa.models.patch_embed import install_patch_embed_matmul
+
 
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
@@ -53,13 +55,6 @@ def _batched_forward(self, hidden_states, cu_seqlens, position_embeddings=None, 
     return self.proj(out.reshape(seq_length, -1).contiguous())
 
 
-def _patch_embed_forward(self, hidden_states):
-    # the Conv3d's kernel equals its stride and its input: it is one matrix product (cuDNN's 3-D conv is slow here)
-    weight = self.proj.weight
-    x = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
-    return F.linear(x, weight.reshape(weight.shape[0], -1))
-
-
 def install_batched_vision_attention(model: nn.Module, compile: bool | None = None) -> int:
     """Make every Qwen2.5-VL vision attention of ``model`` batch its windows; return how many were patched.
 
@@ -69,17 +64,15 @@ def install_batched_vision_attention(model: nn.Module, compile: bool | None = No
     is per instance and idempotent.
     """
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-        Qwen2_5_VisionPatchEmbed,
         Qwen2_5_VisionTransformerPretrainedModel,
         Qwen2_5_VLVisionAttention,
     )
 
+    install_patch_embed_matmul(model)
     patched = 0
     for module in model.modules():
         if isinstance(module, Qwen2_5_VisionTransformerPretrainedModel):
             _install_fast_forward(module, compile)
-        if isinstance(module, Qwen2_5_VisionPatchEmbed) and module.proj.bias is None:
-            module.forward = types.MethodType(_patch_embed_forward, module)
         if not isinstance(module, Qwen2_5_VLVisionAttention):
             continue
         if "flash" in str(getattr(module.config, "_attn_implementation", "")):

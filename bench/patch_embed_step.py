@@ -1,0 +1,81 @@
+"""One warm-start training step of the embedded default's tiny Qwen2.5-VL, with transformers' Conv3d patch
+embedding against grpo_vqa's matrix product (grpo_vqa.models.patch_embed), in one process, interleaved.
+
+    PYTHONPATH=src python bench/patch_embed_step.py                    # 1 thread (a Snakemake job's), 4 rounds
+    PYTHONPATH=src python bench/patch_embed_step.py --threads 2 --rounds 6
+
+Builds the tiny model of config/config.yaml's ``models.qwen`` (random weights, tokenizer trained on the task
+text), collates 64 warm-start scenes with TRL's collator, and times full fine-tuning steps (forward, backward,
+AdamW) at the warm start's batch of 16. Prints per-round medians and the ratio; JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=4, help="rounds of each setting, interleaved")
+    p.add_argument("--steps", type=int, default=12, help="timed steps a round (after 3 untimed)")
+    args = p.parse_args()
+
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from grpo_vqa.config import fill_defaults, validate_config
+    from grpo_vqa.data.pretrain import scene_mix, tokenizer_corpus
+    from grpo_vqa.models.loading import load_model, load_processor
+    from grpo_vqa.models.patch_embed import matmul_forward
+    from grpo_vqa.models.tiny import build_tiny_model
+    from grpo_vqa.training.warm_start import pretrain_rows
+
+    torch.set_num_threads(args.threads)
+    cfg = fill_defaults(validate_config(yaml.safe_load((REPO / "config/config.yaml").read_text())))
+    qwen = cfg["models"]["qwen"]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_model("qwen2_5_vl", qwen["tiny"], tokenizer_corpus(1, None), Path(tmp) / "m", 1)
+        model, processor = load_model(str(Path(tmp) / "m")), load_processor(str(Path(tmp) / "m"))
+    rows = pretrain_rows(64, 1, qwen["tiny"]["image_size"], **scene_mix(qwen["pretrain"]))
+    collate = DataCollatorForVisionLanguageModeling(processor)
+    batches = [collate([dict(rows[i]) for i in range(j, j + 16)]) for j in range(0, 64, 16)]
+    pe = model.model.visual.patch_embed
+    forwards = {"conv3d": type(pe).forward, "matmul": matmul_forward}
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(i: int) -> None:
+        model(**batches[i % len(batches)]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    times = {name: [] for name in forwards}
+    for r in range(args.rounds):
+        for name, fwd in forwards.items():
+            pe.forward = types.MethodType(fwd, pe)
+            for i in range(3):
+                step(i)
+            t = time.perf_counter()
+            for i in range(args.steps):
+                step(i)
+            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
+            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step", flush=True)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    ratio = med["conv3d"] / med["matmul"]
+    print(f"median ms/step: conv3d {med['conv3d']:.1f}, matmul {med['matmul']:.1f}: {ratio:.2f}x")
+    print(json.dumps({"threads": args.threads, "ms_per_step": med, "speedup": round(ratio, 3), "rounds": times}))
+
+
+if __name__ == "__main__":
+    main()
