@@ -15,17 +15,14 @@
 # 64 rollouts/step, the old tree against the new:
 #   ROLLOUTS=64 RUNS="base:base:fast_step:3:140:0 new:new:fast_step:3:140:0" bash bench/ab_device.sh
 # Outputs: $OUT/<tag>.json, $OUT/logs.txt (each run's log tail), $OUT/env.txt (versions, per-run rates and splits).
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 BUDGET=${BUDGET:-540}
 : "${RUNS:?set RUNS (see the header)}"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+install_wheels .whl/*.whl || exit 3
 E=$OUT/env.txt
 { for d in .gl/h18/*/; do echo "$d $(cat $d/COMMIT 2>/dev/null)"; done
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  PYTHONPATH=/tmp/site python3 -c 'import torch,transformers,trl,peft;print(torch.__version__,transformers.__version__,trl.__version__,peft.__version__)'
   echo "rollouts/step ${ROLLOUTS:-4} micro ${MICRO:-16} recipe ${RECIPE:-paper} lora ${LORA:-qv}"
-  echo "install_s $(el)"; } > $E 2>&1
+  device_header; } > $E 2>&1
 R=$PWD
 for spec in $RUNS; do
   IFS=: read -r tag dir setting steps lim need extra <<< "$spec"

@@ -8,14 +8,12 @@
 #    dims with and without the engine's KV cache; 2. bench/grpo_rollouts.py all --plan decode (study recipe, 4
 #    rollouts/step: whole-step compile, per-layer compile, TRL defaults; 64 rollouts/step; autotuned step) in the
 #    time left. Outputs go to $OUT.
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHL:-.whl}"/*.whl || exit 3
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
+install_wheels "${WHL:-.whl}"/*.whl || exit 3
 cd "${1:-.}" || exit 4
 export PYTHONPATH=$PWD/src:/tmp/site
 E=$OUT/env.txt
-{ cat COMMIT 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c 'import torch,transformers,trl,peft;print(torch.__version__,transformers.__version__,trl.__version__,peft.__version__)'; echo "install_s $(el)"; } > $E 2>&1
+{ cat COMMIT 2>/dev/null; device_header; } > $E 2>&1
 t=$(date +%s); timeout -k 5 "${GC:-150}" python3 bench/grpo_rollouts.py gpucheck --out $OUT/gpucheck.json > $OUT/gpucheck.log 2>&1
 echo "gpucheck rc=$? s=$(( $(date +%s) - t )) end_at=$(el)" >> $E
 LEFT=$(( ${DL:-540} - $(el) ))

@@ -4,16 +4,14 @@
 # .whl_sm (snakemake 9.27.1 and its dependencies), with this repository at $1:
 #   [TF=1] [DL=<watchdog seconds>] bash <repo>/bench/pipeline_grpo_3b_device.sh <repo>
 # TF=1 also runs the bf16 teacher-forced check (bench/grpo_rollouts.py tf). Outputs go to $OUT.
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .whl_sm/*.whl || exit 3
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
+install_wheels .whl/*.whl .whl_sm/*.whl || exit 3
 PY=$(command -v python3); mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$PY" > /tmp/bin/python && chmod +x /tmp/bin/python
 export PATH=/tmp/bin:$PATH
 cd "${1:-.}" || exit 4
 export PYTHONPATH=$PWD/src:/tmp/site
 E=$OUT/env.txt
-{ echo "python3=$PY"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c 'import torch,transformers,trl,peft,snakemake;print(torch.__version__,transformers.__version__,trl.__version__,peft.__version__,snakemake.__version__)'; echo "install_s $(el)"; } > $E 2>&1
+{ echo "python3=$PY"; device_header snakemake; } > $E 2>&1
 ( t=$(date +%s); timeout -k 5 170 python bench/grpo_rollouts.py save-model --out /tmp/qwen3b > /tmp/save_model.log 2>&1; echo "save_model rc=$? s=$(( $(date +%s) - t )) end_at=$(el)" >> $E ) &
 SAVE=$!
 t=$(date +%s); [ -n "$TF" ] && timeout -k 5 170 python bench/grpo_rollouts.py tf --out $OUT/teacher_forced.json > $OUT/tf.log 2>&1; echo "tf rc=$? s=$(( $(date +%s) - t )) end_at=$(el)" >> $E
