@@ -3,10 +3,13 @@ embedding against grpo_vqa's matrix product (grpo_vqa.models.patch_embed), in on
 
     PYTHONPATH=src python bench/patch_embed_step.py                    # 1 thread (a Snakemake job's), 4 rounds
     PYTHONPATH=src python bench/patch_embed_step.py --threads 2 --rounds 6
+    PYTHONPATH=src python bench/patch_embed_step.py --kernel --device cuda     # the embedding alone, 3B dims, bf16
 
 Builds the tiny model of config/config.yaml's ``models.qwen`` (random weights, tokenizer trained on the task
 text), collates 64 warm-start scenes with TRL's collator, and times full fine-tuning steps (forward, backward,
-AdamW) at the warm start's batch of 16. Prints per-round medians and the ratio; JSON on the last line.
+AdamW) at the warm start's batch of 16. ``--kernel``: the patch embedding alone (forward + backward) at
+Qwen2.5-VL-3B's vision dims (1,176 -> 1,280; ``--patches`` rows, 4 images of 448 px by default), bf16 on CUDA.
+Prints per-round medians and the ratio; JSON on the last line.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=4, help="rounds of each setting, interleaved")
     p.add_argument("--steps", type=int, default=12, help="timed steps a round (after 3 untimed)")
+    p.add_argument("--kernel", action="store_true", help="time the patch embedding alone at 3B dims")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--patches", type=int, default=4 * 32 * 32)
     args = p.parse_args()
+    if args.kernel:
+        return kernel(args)
 
     import torch
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
@@ -74,7 +82,68 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in times.items()}
     ratio = med["conv3d"] / med["matmul"]
     print(f"median ms/step: conv3d {med['conv3d']:.1f}, matmul {med['matmul']:.1f}: {ratio:.2f}x")
-    print(json.dumps({"threads": args.threads, "ms_per_step": med, "speedup": round(ratio, 3), "rounds": times}))
+    print(
+        json.dumps({"threads": args.threads, "ms_per_step": med, "speedup": round(ratio, 3), "rounds": times})
+    )
+
+
+def kernel(args) -> None:
+    """The patch embedding of Qwen2.5-VL-3B's vision tower, forward + backward, Conv3d against the matmul."""
+    import torch
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPatchEmbed
+
+    from grpo_vqa.models.patch_embed import matmul_forward
+
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    pe = Qwen2_5_VisionPatchEmbed(patch_size=14, temporal_patch_size=2, in_channels=3, embed_dim=1280)
+    pe = pe.to(args.device, dtype)
+    x = torch.randn(args.patches, 3 * 2 * 14 * 14, device=args.device, dtype=dtype)
+    forwards = {"conv3d": type(pe).forward, "matmul": matmul_forward}
+    outs = {}
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    times = {name: [] for name in forwards}
+    for r in range(args.rounds):
+        for name, fwd in forwards.items():
+            pe.forward = types.MethodType(fwd, pe)
+            for i in range(args.steps + 3):
+                if i == 3:
+                    sync()
+                    t = time.perf_counter()
+                pe.zero_grad()
+                y = pe(x)
+                y.float().square().mean().backward()
+            sync()
+            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
+            outs[name] = (y.detach().float(), pe.proj.weight.grad.detach().float())
+            print(f"round {r} {name}: {times[name][-1]:.3f} ms", flush=True)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    ratio = med["conv3d"] / med["matmul"]
+    diff = {
+        "out_max_abs": (outs["conv3d"][0] - outs["matmul"][0]).abs().max().item(),
+        "out_max": outs["conv3d"][0].abs().max().item(),
+        "grad_rel": ((outs["conv3d"][1] - outs["matmul"][1]).norm() / outs["conv3d"][1].norm()).item(),
+    }
+    print(
+        f"median ms (fwd+bwd): conv3d {med['conv3d']:.3f}, matmul {med['matmul']:.3f}: {ratio:.2f}x; {diff}"
+    )
+    print(
+        json.dumps(
+            {
+                "device": args.device,
+                "dtype": str(dtype),
+                "patches": args.patches,
+                "ms": med,
+                "speedup": round(ratio, 3),
+                "diff": diff,
+                "rounds": times,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
