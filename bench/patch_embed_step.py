@@ -5,6 +5,7 @@ embedding against grpo_vqa's matrix product (grpo_vqa.models.patch_embed), in on
     PYTHONPATH=src python bench/patch_embed_step.py --threads 2 --rounds 6
     PYTHONPATH=src python bench/patch_embed_step.py --kernel --device cuda     # the embedding alone, 3B dims, bf16
 
+The engine's rollouts use the matmul; training keeps the convolution (grpo_vqa.models.patch_embed says why).
 Builds the tiny model of config/config.yaml's ``models.qwen`` (random weights, tokenizer trained on the task
 text), collates 64 warm-start scenes with TRL's collator, and times full fine-tuning steps (forward, backward,
 AdamW) at the warm start's batch of 16. ``--kernel``: the patch embedding alone (forward + backward) at

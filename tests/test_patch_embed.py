@@ -31,15 +31,10 @@ def test_matmul_patch_embedding_equals_the_convolution_forward_and_backward():
     torch.testing.assert_close(g_mm, g_conv, atol=1e-5, rtol=1e-4)
 
 
-def test_load_model_runs_the_patch_embedding_as_a_matmul_and_saves_the_same_weights(tmp_path):
+def test_load_model_keeps_transformers_convolution(tmp_path):
+    """Training and evaluation load models through load_model: the embedded default's trained numbers were
+    checked on three seeds with the convolution (the matmul moved two seeds' GRPO accuracy below 60 %)."""
     build_model(seed=4).save_pretrained(tmp_path / "m")
-    model = load_model(str(tmp_path / "m"))
-    pe = model.model.visual.patch_embed
-    assert getattr(pe, "_grpo_vqa_matmul", False)
-    assert pe.forward.__func__.__name__ == "matmul_forward"
-    assert isinstance(pe.proj, torch.nn.Conv3d)  # the checkpoint's layout is kept
-    model.save_pretrained(tmp_path / "again")
-    again = load_model(str(tmp_path / "again"))
-    a, b = model.state_dict(), again.state_dict()
-    assert set(a) == set(b)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    pe = load_model(str(tmp_path / "m")).model.visual.patch_embed
+    assert not getattr(pe, "_grpo_vqa_matmul", False)
+    assert "forward" not in vars(pe)  # the class's own forward

@@ -20,8 +20,6 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .patch_embed import install_patch_embed_matmul
-
 SUPPORTED_ARCHS = ("qwen2_5_vl", "idefics3")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -104,9 +102,6 @@ def load_model(path_or_id: str, *, dtype: str = "float32", device: str | None = 
         if Path(path).is_dir():
             raise  # a real checkpoint that failed to load: keep the library's error
         raise _not_found(path) from None
-    install_patch_embed_matmul(
-        model
-    )  # Qwen2.5-VL's Conv3d patch embedding as a matmul (models/patch_embed.py)
     if device is not None:
         model = model.to(device)
     return model
