@@ -3,7 +3,7 @@
 The vision tower embeds each flattened patch (channels x 2 frames x 14 x 14 pixels) with a ``Conv3d`` whose kernel
 equals its stride and its whole input, i.e. one matrix product with the kernel flattened in the same
 (channel, frame, row, column) order. PyTorch runs that convolution through oneDNN / cuDNN 3-D kernels that are
-slow at this shape (``bench/patch_embed_step.py``: 7x on CPU at the 3B model's dims; 1.13x a whole CPU warm-start
+slow at this shape (``bench/patch_embed_step.py``: 8x on CPU at the 3B model's dims; 1.10x a whole CPU warm-start
 step of the embedded default's tiny model). The product is the same sum in another order (float32: outputs equal
 within 1e-5; tests/test_patch_embed.py).
 
