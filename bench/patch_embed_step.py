@@ -1,11 +1,11 @@
 """One warm-start training step of the embedded default's tiny Qwen2.5-VL, with transformers' Conv3d patch
-embedding against grpo_vqa's matrix product (grpo_vqa.models.patch_embed), in one process, interleaved.
+embedding against grpo_vqa's matrix product (grpo_vqa.rollout.patch_embed), in one process, interleaved.
 
     PYTHONPATH=src python bench/patch_embed_step.py                    # 1 thread (a Snakemake job's), 4 rounds
     PYTHONPATH=src python bench/patch_embed_step.py --threads 2 --rounds 6
     PYTHONPATH=src python bench/patch_embed_step.py --kernel --device cuda     # the embedding alone, 3B dims, bf16
 
-The engine's rollouts use the matmul; training keeps the convolution (grpo_vqa.models.patch_embed says why).
+The engine's rollouts use the matmul; training keeps the convolution (grpo_vqa.rollout.patch_embed says why).
 Builds the tiny model of config/config.yaml's ``models.qwen`` (random weights, tokenizer trained on the task
 text), collates 64 warm-start scenes with TRL's collator, and times full fine-tuning steps (forward, backward,
 AdamW) at the warm start's batch of 16. ``--kernel``: the patch embedding alone (forward + backward) at
@@ -46,8 +46,8 @@ def main() -> None:
     from grpo_vqa.config import fill_defaults, validate_config
     from grpo_vqa.data.pretrain import scene_mix, tokenizer_corpus
     from grpo_vqa.models.loading import load_model, load_processor
-    from grpo_vqa.models.patch_embed import matmul_forward
     from grpo_vqa.models.tiny import build_tiny_model
+    from grpo_vqa.rollout.patch_embed import matmul_forward
     from grpo_vqa.training.warm_start import pretrain_rows
 
     torch.set_num_threads(args.threads)
@@ -93,7 +93,7 @@ def kernel(args) -> None:
     import torch
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPatchEmbed
 
-    from grpo_vqa.models.patch_embed import matmul_forward
+    from grpo_vqa.rollout.patch_embed import matmul_forward
 
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

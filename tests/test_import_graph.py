@@ -7,8 +7,7 @@ subpackage:
     cli                                      the command-line wrapper of the scripts
     judge | reporting                        LLM-as-judge, tables and figures
     training | evaluation                    the pipeline's stages
-    data | rollout | rewards                 datasets, the rollout engine, reward functions
-    models                                   model loading and building (the rollout engine uses its patches)
+    data | models | rollout | rewards        datasets, model loading, the rollout engine, reward functions
     launch | seeds | parsing | progress      helpers the layers above share
     config | io | provenance | walltime      the base
     resources                                where the package finds its files (schema, prompts, ...)
@@ -28,8 +27,7 @@ LAYERS = (
     ("cli",),
     ("judge", "reporting"),
     ("training", "evaluation"),
-    ("data", "rollout", "rewards"),
-    ("models",),
+    ("data", "models", "rollout", "rewards"),
     ("launch", "seeds", "parsing", "progress"),
     ("config", "io", "provenance", "walltime"),
     ("resources",),

@@ -1,9 +1,9 @@
-"""Qwen2.5-VL's Conv3d patch embedding run as a matrix product (grpo_vqa.models.patch_embed)."""
+"""Qwen2.5-VL's Conv3d patch embedding run as a matrix product (grpo_vqa.rollout.patch_embed)."""
 
 import torch
 
 from grpo_vqa.models.loading import load_model
-from grpo_vqa.models.patch_embed import install_patch_embed_matmul
+from grpo_vqa.rollout.patch_embed import install_patch_embed_matmul
 from grpo_vqa.rollout.synthetic import build_model, image_prompts
 
 

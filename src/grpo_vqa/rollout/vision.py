@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grpo_vqa.models.patch_embed import install_patch_embed_matmul
+from grpo_vqa.rollout.patch_embed import install_patch_embed_matmul
 
 
 def varlen_attention(

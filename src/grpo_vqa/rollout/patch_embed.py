@@ -7,7 +7,7 @@ slow at this shape (``bench/patch_embed_step.py``: 8x on CPU at the 3B model's d
 step of the embedded default's tiny model). The product is the same sum in another order (float32: outputs equal
 within 1e-5; tests/test_patch_embed.py).
 
-The rollout engine uses it (``grpo_vqa.rollout.vision``). Training and evaluation keep transformers' convolution
+The rollout engine uses it (``grpo_vqa.rollout.vision``), so it lives here. Training and evaluation keep transformers' convolution
 (``models.loading.load_model`` does not install it): on the embedded default that last-bit difference alone moved
 Qwen's test accuracy after GRPO from 94.0 / 91.5 / 88.25 % to 98.0 / 49.25 / 55.75 % on seeds 1234 / 7 / 42
 (README, "What it took"), so taking the speed-up there means re-checking the recipe on three seeds.
