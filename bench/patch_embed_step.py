@@ -28,6 +28,28 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def interleaved(pe, step, rounds: int, steps: int, sync=lambda: None, unit: str = "ms/step") -> dict:
+    """Per-round times (ms) of ``steps`` calls of ``step(i)`` (after 3 untimed) with ``pe`` running transformers'
+    Conv3d forward and the matmul in turn, ``rounds`` times."""
+    from grpo_vqa.rollout.patch_embed import matmul_forward
+
+    forwards = {"conv3d": type(pe).forward, "matmul": matmul_forward}
+    times = {name: [] for name in forwards}
+    for r in range(rounds):
+        for name, fwd in forwards.items():
+            pe.forward = types.MethodType(fwd, pe)
+            for i in range(3):
+                step(i)
+            sync()
+            t = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            sync()
+            times[name].append((time.perf_counter() - t) / steps * 1e3)
+            print(f"round {r} {name}: {times[name][-1]:.3f} {unit}", flush=True)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -47,7 +69,6 @@ def main() -> None:
     from grpo_vqa.data.pretrain import scene_mix, tokenizer_corpus
     from grpo_vqa.models.loading import load_model, load_processor
     from grpo_vqa.models.tiny import build_tiny_model
-    from grpo_vqa.rollout.patch_embed import matmul_forward
     from grpo_vqa.training.warm_start import pretrain_rows
 
     torch.set_num_threads(args.threads)
@@ -59,8 +80,6 @@ def main() -> None:
     rows = pretrain_rows(64, 1, qwen["tiny"]["image_size"], **scene_mix(qwen["pretrain"]))
     collate = DataCollatorForVisionLanguageModeling(processor)
     batches = [collate([dict(rows[i]) for i in range(j, j + 16)]) for j in range(0, 64, 16)]
-    pe = model.model.visual.patch_embed
-    forwards = {"conv3d": type(pe).forward, "matmul": matmul_forward}
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -69,17 +88,7 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
 
-    times = {name: [] for name in forwards}
-    for r in range(args.rounds):
-        for name, fwd in forwards.items():
-            pe.forward = types.MethodType(fwd, pe)
-            for i in range(3):
-                step(i)
-            t = time.perf_counter()
-            for i in range(args.steps):
-                step(i)
-            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
-            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step", flush=True)
+    times = interleaved(model.model.visual.patch_embed, step, args.rounds, args.steps)
     med = {name: statistics.median(v) for name, v in times.items()}
     ratio = med["conv3d"] / med["matmul"]
     print(f"median ms/step: conv3d {med['conv3d']:.1f}, matmul {med['matmul']:.1f}: {ratio:.2f}x")
@@ -100,28 +109,22 @@ def kernel(args) -> None:
     pe = Qwen2_5_VisionPatchEmbed(patch_size=14, temporal_patch_size=2, in_channels=3, embed_dim=1280)
     pe = pe.to(args.device, dtype)
     x = torch.randn(args.patches, 3 * 2 * 14 * 14, device=args.device, dtype=dtype)
-    forwards = {"conv3d": type(pe).forward, "matmul": matmul_forward}
-    outs = {}
+
+    def step(i: int):
+        pe.zero_grad()
+        y = pe(x)
+        y.float().square().mean().backward()
+        return y
 
     def sync():
         if args.device == "cuda":
             torch.cuda.synchronize()
 
-    times = {name: [] for name in forwards}
-    for r in range(args.rounds):
-        for name, fwd in forwards.items():
-            pe.forward = types.MethodType(fwd, pe)
-            for i in range(args.steps + 3):
-                if i == 3:
-                    sync()
-                    t = time.perf_counter()
-                pe.zero_grad()
-                y = pe(x)
-                y.float().square().mean().backward()
-            sync()
-            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
-            outs[name] = (y.detach().float(), pe.proj.weight.grad.detach().float())
-            print(f"round {r} {name}: {times[name][-1]:.3f} ms", flush=True)
+    times = interleaved(pe, step, args.rounds, args.steps, sync, unit="ms")
+    outs = {}  # each variant's output and weight gradient, outside the timed calls
+    for name, fwd in (("conv3d", type(pe).forward), ("matmul", matmul_forward)):
+        pe.forward = types.MethodType(fwd, pe)
+        outs[name] = (step(0).detach().float(), pe.proj.weight.grad.detach().float())
     med = {name: statistics.median(v) for name, v in times.items()}
     ratio = med["conv3d"] / med["matmul"]
     diff = {
