@@ -159,7 +159,7 @@ def test_default_objects(tmp_path, monkeypatch):
     assert (sft.per_device_train_batch_size, sft.learning_rate, sft.max_steps, sft.warmup_steps) == (
         24,
         2e-3,
-        750,
+        1000,
         0.05,
     )
     assert sorted(lora.modules_to_save) == ["embed_tokens", "lm_head"] and lora.lora_dropout == 0.0
